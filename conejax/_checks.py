@@ -1,0 +1,77 @@
+"""Validation at the public boundary.
+
+Shape, rank and dtype checks are static and run even under ``jit``. Value checks (sign,
+finiteness, non-negative penalties) need concrete arrays: they run when the caller passes
+concrete values and are skipped for tracers, so the public functions stay usable inside
+``jit``, ``vmap`` and ``grad``. Every error is a ``ValueError`` naming the fix.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(x, name: str) -> jax.Array:
+  """Returns ``x`` as a floating JAX array; rejects integer, boolean and complex data."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    x = np.asarray(x)
+    dtype = x.dtype
+    if np.issubdtype(dtype, np.integer) and x.ndim == 0:
+      return jnp.asarray(x, dtype=jnp.result_type(float))
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"{name} has dtype {dtype}; conejax needs real floating-point data. "
+        f"Convert it first, e.g. {name}.astype(np.float32) (and scale uint8 images by 1/255).")
+  return jnp.asarray(x)
+
+
+def check_ndim(x: jax.Array, name: str, allowed: tuple[int, ...], shape_doc: str) -> None:
+  if x.ndim not in allowed:
+    raise ValueError(f"{name} must have shape {shape_doc}; got shape {tuple(x.shape)}.")
+
+
+def check_finite(x, name: str) -> None:
+  if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError(f"{name} contains NaN or Inf values; remove or impute them before fitting.")
+
+
+def check_nonnegative(x, name: str) -> None:
+  if _is_concrete(x) and bool(jnp.any(x < 0)):
+    raise ValueError(
+        f"{name} has negative entries (min {float(jnp.min(x)):.3g}); non-negative factorisation "
+        f"needs data >= 0. Shift or clip it, e.g. np.clip({name}, 0, None).")
+
+
+def check_penalty(mu, name: str) -> jax.Array:
+  mu = jnp.asarray(mu)
+  if mu.ndim != 0:
+    raise ValueError(f"{name} must be a scalar; got shape {tuple(mu.shape)}.")
+  if _is_concrete(mu) and not (bool(jnp.isfinite(mu)) and float(mu) >= 0):
+    raise ValueError(f"{name} must be a finite number >= 0; got {float(mu)}.")
+  return mu
+
+
+def check_positive_int(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+  return int(value)
+
+
+def check_tol(tol, name: str = "tol") -> float:
+  tol = float(tol)
+  if not (np.isfinite(tol) and tol >= 0):
+    raise ValueError(f"{name} must be a finite number >= 0; got {tol}.")
+  return tol
+
+
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
+  return value

@@ -1,0 +1,248 @@
+"""Sparse NMF drivers: one dictionary, or one per class in a single batched computation.
+
+Minimises ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 and H >= 0, with the
+samples as rows of U (N, m), atoms as the columns of W (m, d) and codes H (N, d).
+
+Scale. For any diagonal S > 0, (W S, H S^-1) fits U as well as (W, H). Without penalties
+the returned atoms are normalised to unit Euclidean norm and H absorbs the scale, which
+leaves the objective unchanged. With both penalties the objective itself fixes the scale.
+With one penalty alone the infimum is approached by shrinking the penalised factor and
+growing the other; conejax then returns the iterates as they are (normalise W yourself if
+you need unit atoms).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from conejax import _checks, _nmf_init, _nmf_steps
+
+_METHODS = ("mu", "hals", "anls")
+_INITS = ("random", "nndsvda")
+
+
+class NMFResult(NamedTuple):
+  """A fitted factorisation U ~ H W^T.
+
+  Attributes:
+    W: (m, d) dictionary, atoms as columns (leading (K,) axis for ``nmf_per_class``).
+    H: (N, d) codes, one row per sample (for ``nmf_per_class``: each sample's code on
+      the dictionary of its own class, in the input order).
+    objective: (max_iter,) objective after each iteration; entries from ``n_iter`` on
+      repeat the final value.
+    n_iter: () int32 iterations run (fewer than max_iter when ``tol`` stopped the fit).
+    classes: (K,) class labels for ``nmf_per_class``, else None.
+  """
+  W: jax.Array
+  H: jax.Array
+  objective: jax.Array
+  n_iter: jax.Array
+  classes: np.ndarray | None = None
+
+
+def _normalise_atoms(W, H, mu_w, mu_h):
+  """Unit-norm atoms when no penalty fixes the scale; zero atoms are left alone."""
+  norm = jnp.linalg.norm(W, axis=0)
+  scale = jnp.where((norm > 0) & (mu_w == 0) & (mu_h == 0), norm, 1)[None]
+  return W / scale, H * scale
+
+
+def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner):
+  """The jittable core: runs outer steps until max_iter or a relative decrease < tol."""
+  update = _nmf_steps.UPDATES[method]
+  Ut = U.T
+  norm_u2 = jnp.sum(U**2)
+  inf = jnp.asarray(jnp.inf, U.dtype)
+
+  def cond(carry):
+    _, _, it, previous, current, _ = carry
+    stalled = (tol > 0) & (previous - current < tol * previous)
+    return (it < max_iter) & ~stalled
+
+  def body(carry):
+    W, H, it, _, current, history = carry
+    W, H, A, B = _nmf_steps.outer_step(update, U, Ut, W, H, mu_w, mu_h, inner)
+    H = H * mask[:, None]
+    value = _nmf_steps.objective_from_stats(norm_u2, W, H, A, B, mu_w, mu_h)
+    return W, H, it + 1, current, value, history.at[it].set(value)
+
+  history = jnp.zeros((max_iter,), U.dtype)
+  carry = (W, H, jnp.zeros((), jnp.int32), inf, inf, history)
+  W, H, n_iter, _, final, history = lax.while_loop(cond, body, carry)
+  history = jnp.where(jnp.arange(max_iter) < n_iter, history, final)
+  W, H = _normalise_atoms(W, H, mu_w, mu_h)
+  return W, H, history, n_iter
+
+
+_STATIC = ("method", "max_iter", "tol", "inner")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("init",))
+def _nmf_jit(key, U, W0, H0, mu_w, mu_h, *, init, method, max_iter, tol, inner):
+  mask = jnp.ones(U.shape[:1], U.dtype)
+  if init is not None:
+    init_fn = {"random": _nmf_init.random_init, "nndsvda": _nmf_init.nndsvda_init}[init]
+    W0, H0 = init_fn(key, U, W0.shape[1], mask)
+  return _fit(U, mask, W0, H0, mu_w, mu_h, method=method, max_iter=max_iter, tol=tol,
+              inner=inner)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("init", "rank", "class_batch_size"))
+def _nmf_per_class_jit(keys, U, mask, mu_w, mu_h, *, rank, init, method, max_iter, tol,
+                       inner, class_batch_size):
+  init_fn = {"random": _nmf_init.random_init, "nndsvda": _nmf_init.nndsvda_init}[init]
+  fit = functools.partial(_fit, method=method, max_iter=max_iter, tol=tol, inner=inner)
+
+  def one_class(args):
+    key, U, mask = args
+    W0, H0 = init_fn(key, U, rank, mask)
+    return fit(U, mask, W0, H0, mu_w, mu_h)
+
+  return lax.map(one_class, (keys, U, mask), batch_size=class_batch_size)
+
+
+def _check_data(U, name):
+  U = _checks.as_float_array(U, name)
+  _checks.check_ndim(U, name, (2,), "(N, m), samples as rows")
+  _checks.check_finite(U, name)
+  _checks.check_nonnegative(U, name)
+  return U
+
+
+def _check_options(rank, method, max_iter, tol, inner_iter, mu_w, mu_h, dtype):
+  rank = _checks.check_positive_int(rank, "rank")
+  method = _checks.check_choice(method, "method", _METHODS)
+  max_iter = _checks.check_positive_int(max_iter, "max_iter")
+  tol = _checks.check_tol(tol)
+  inner = _nmf_steps.DEFAULT_INNER[method] if inner_iter is None else inner_iter
+  inner = _checks.check_positive_int(inner, "inner_iter")
+  mu_w = _checks.check_penalty(mu_w, "mu_w").astype(dtype)
+  mu_h = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
+  return rank, method, max_iter, tol, inner, mu_w, mu_h
+
+
+def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals",
+        init="nndsvda", max_iter: int = 200, tol: float = 1e-5,
+        inner_iter: int | None = None) -> NMFResult:
+  """Sparse NMF: min ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0.
+
+  Args:
+    U: (N, m) non-negative data, samples as rows.
+    rank: number of atoms d, at most min(N, m).
+    key: PRNG key for the random init or the randomised SVD of NNDSVDa.
+    mu_w, mu_h: L1 weights >= 0 on the dictionary and on the codes.
+    method: "mu" (multiplicative updates), "hals" (hierarchical alternating least
+      squares) or "anls" (each factor by the accelerated NNLS of ``conejax.nnls``).
+    init: "random", "nndsvda", or a pair (W0 (m, d), H0 (N, d)) of non-negative arrays.
+    max_iter: outer iterations (one update of H, then of W).
+    tol: stop when the objective falls by less than ``tol`` times itself in one
+      iteration; 0 runs all ``max_iter`` iterations.
+    inner_iter: updates of each factor per outer iteration for "mu" and "hals" (default 1,
+      the classical algorithms; more reuses the expensive products with U), or the FISTA
+      iteration cap per subproblem for "anls" (default 50).
+
+  Returns:
+    ``NMFResult`` with ``W`` (m, d), ``H`` (N, d), ``objective`` (max_iter,), ``n_iter``.
+
+  Raises:
+    ValueError: on negative or non-finite data, a rank above min(N, m), a negative
+      penalty, an unknown method or init, or init arrays of the wrong shape.
+
+  Example:
+    >>> import jax, numpy as np, conejax
+    >>> U = np.random.default_rng(0).random((100, 20), dtype=np.float32)
+    >>> fit = conejax.nmf(U, 5, key=jax.random.key(0), max_iter=50)
+    >>> fit.W.shape, fit.H.shape
+    ((20, 5), (100, 5))
+  """
+  U = _check_data(U, "U")
+  rank, method, max_iter, tol, inner, mu_w, mu_h = _check_options(
+      rank, method, max_iter, tol, inner_iter, mu_w, mu_h, U.dtype)
+  n, m = U.shape
+  if rank > min(n, m):
+    raise ValueError(f"rank {rank} exceeds min(N, m) = {min(n, m)} for U of shape {(n, m)}; "
+                     "choose a smaller rank.")
+  if isinstance(init, str):
+    init = _checks.check_choice(init, "init", _INITS)
+    W0, H0 = jnp.zeros((m, rank), U.dtype), None
+  else:
+    if len(init) != 2:
+      raise ValueError("init must be 'random', 'nndsvda' or a pair (W0, H0).")
+    W0, H0 = (_check_data(x, name) for x, name in zip(init, ("W0", "H0")))
+    if W0.shape != (m, rank) or H0.shape != (n, rank):
+      raise ValueError(f"init arrays must have shapes W0 {(m, rank)} and H0 {(n, rank)}; got "
+                       f"{tuple(W0.shape)} and {tuple(H0.shape)}.")
+    W0, H0, init = W0.astype(U.dtype), H0.astype(U.dtype), None
+  W, H, history, n_iter = _nmf_jit(key, U, W0, H0, mu_w, mu_h, init=init, method=method,
+                                   max_iter=max_iter, tol=tol, inner=inner)
+  return NMFResult(W, H, history, n_iter)
+
+
+def _group_by_class(y, rank):
+  """Row indices of each class, padded to the largest class, and the matching mask."""
+  y = np.asarray(y)
+  if y.ndim != 1:
+    raise ValueError(f"y must be a 1-D array of labels; got shape {y.shape}.")
+  classes, counts = np.unique(y, return_counts=True)
+  if counts.min() < rank:
+    small = classes[counts.argmin()]
+    raise ValueError(f"class {small!r} has {counts.min()} samples, fewer than rank {rank}; "
+                     "lower the rank or add samples.")
+  index = np.zeros((len(classes), counts.max()), np.int64)
+  mask = np.zeros(index.shape, bool)
+  for k, label in enumerate(classes):
+    rows = np.flatnonzero(y == label)
+    index[k, :len(rows)], mask[k, :len(rows)] = rows, True
+  return classes, index, mask
+
+
+def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
+                  method: str = "hals", init: str = "nndsvda", max_iter: int = 200,
+                  tol: float = 1e-5, inner_iter: int | None = None,
+                  class_batch_size: int = 1) -> NMFResult:
+  """One sparse NMF dictionary per class, all classes in one jitted computation.
+
+  Classes are padded to the size of the largest one and a sample mask keeps the padding
+  out of every statistic, so no class is truncated and class k's result equals
+  ``nmf(X[y == classes[k]], rank, key=jax.random.split(key, K)[k], ...)``.
+
+  Args:
+    X: (N, m) non-negative data, samples as rows.
+    y: (N,) class labels (any sortable values).
+    rank: atoms per class, at most the size of the smallest class and m.
+    class_batch_size: classes fitted side by side with ``vmap``; the rest run one after
+      another inside the same computation. 1 is fastest on CPU, where a vmapped batch of
+      products overflows the cache; raise it on accelerators.
+    Other arguments: as in ``nmf`` (``init`` must be "random" or "nndsvda").
+
+  Returns:
+    ``NMFResult`` with ``W`` (K, m, d), ``H`` (N, d) (each sample on its own class's
+    dictionary), ``objective`` (K, max_iter), ``n_iter`` (K,) and ``classes`` (K,).
+
+  Raises:
+    ValueError: as ``nmf``, plus labels that are not 1-D or do not match X, or a class
+      with fewer samples than ``rank``.
+  """
+  X = _check_data(X, "X")
+  rank, method, max_iter, tol, inner, mu_w, mu_h = _check_options(
+      rank, method, max_iter, tol, inner_iter, mu_w, mu_h, X.dtype)
+  init = _checks.check_choice(init, "init", _INITS)
+  class_batch_size = _checks.check_positive_int(class_batch_size, "class_batch_size")
+  if len(np.asarray(y)) != X.shape[0]:
+    raise ValueError(f"y has {len(np.asarray(y))} labels but X has {X.shape[0]} rows.")
+  if rank > X.shape[1]:
+    raise ValueError(f"rank {rank} exceeds the number of features m = {X.shape[1]}.")
+  classes, index, mask = _group_by_class(y, rank)
+  U = X[index] * jnp.asarray(mask, X.dtype)[..., None]
+  keys = jax.random.split(key, len(classes))
+  W, H, history, n_iter = _nmf_per_class_jit(
+      keys, U, jnp.asarray(mask, X.dtype), mu_w, mu_h, rank=rank, init=init, method=method,
+      max_iter=max_iter, tol=tol, inner=inner, class_batch_size=class_batch_size)
+  codes = jnp.zeros((X.shape[0], rank), X.dtype).at[index[mask]].set(H[mask])
+  return NMFResult(W, codes, history, n_iter, classes)

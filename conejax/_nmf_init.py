@@ -1,0 +1,94 @@
+"""Initial factors for NMF: scaled random, and NNDSVDa from a randomised SVD.
+
+Samples are rows: U is (N, m), the dictionary W is (m, d) with atoms as columns and the
+codes H are (N, d), so U ~ H W^T. A sample mask (N,) of ones and zeros marks real rows;
+masked rows get zero codes and do not enter any statistic, so padded classes behave as
+if fitted alone.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_HIGHEST = lax.Precision.HIGHEST
+_ZERO_BELOW = 1e-6  # entries of the NNDSVD factors counted as zero, as in scikit-learn
+
+
+def _masked_mean(U, mask):
+  count = jnp.maximum(jnp.sum(mask), 1) * U.shape[1]
+  return jnp.sum(U) / count
+
+
+def random_init(key: jax.Array, U: jax.Array, rank: int, mask: jax.Array):
+  """|N(0, 1)| factors scaled by sqrt(mean(U) / rank), as scikit-learn's "random".
+
+  Row i of H is drawn from ``fold_in(key_h, i)``, so a class padded with extra rows gets
+  the same codes for its real rows as when it is fitted alone.
+
+  Returns:
+    W (m, rank) and H (N, rank), H zero on masked rows.
+  """
+  key_w, key_h = jax.random.split(key)
+  scale = jnp.sqrt(_masked_mean(U, mask) / rank).astype(U.dtype)
+  W = jnp.abs(jax.random.normal(key_w, (U.shape[1], rank), U.dtype))
+  row = lambda i: jnp.abs(jax.random.normal(jax.random.fold_in(key_h, i), (rank,), U.dtype))
+  H = jax.vmap(row)(jnp.arange(U.shape[0]))
+  return scale * W, scale * H * mask[:, None]
+
+
+def randomized_svd(key: jax.Array, U: jax.Array, rank: int, n_oversamples: int = 10,
+                   n_iter: int = 7):
+  """Truncated SVD U ~ L diag(s) R^T by randomised range finding (Halko et al., 2011).
+
+  Args:
+    key: PRNG key for the Gaussian test matrix, of shape (m, rank + n_oversamples).
+    U: (N, m) data.
+    rank: number of singular triplets.
+
+  Returns:
+    L (N, rank), s (rank,), R (m, rank).
+  """
+  width = min(rank + n_oversamples, min(U.shape))
+  omega = jax.random.normal(key, (U.shape[1], width), U.dtype)
+  Q = jnp.linalg.qr(jnp.dot(U, omega, precision=_HIGHEST))[0]
+  for _ in range(n_iter):
+    Z = jnp.linalg.qr(jnp.dot(U.T, Q, precision=_HIGHEST))[0]
+    Q = jnp.linalg.qr(jnp.dot(U, Z, precision=_HIGHEST))[0]
+  left, s, right_t = jnp.linalg.svd(jnp.dot(Q.T, U, precision=_HIGHEST), full_matrices=False)
+  return jnp.dot(Q, left[:, :rank], precision=_HIGHEST), s[:rank], right_t[:rank].T
+
+
+def _safe_unit(x):
+  norm = jnp.linalg.norm(x, axis=0)
+  return x / jnp.where(norm > 0, norm, 1)[None], norm
+
+
+def nndsvda_init(key: jax.Array, U: jax.Array, rank: int, mask: jax.Array):
+  """NNDSVD with zeros filled by the mean of U (Boutsidis and Gallopoulos, 2008).
+
+  Each singular pair keeps the positive or the negative part of its vectors, whichever
+  carries more mass, as scikit-learn's ``init="nndsvda"`` does; the sign ambiguity of the
+  SVD cancels out. The SVD is the randomised one, from ``key``.
+
+  Returns:
+    W (m, rank) and H (N, rank), H zero on masked rows.
+  """
+  left, s, right = randomized_svd(key, U * mask[:, None], rank)
+  lp, lp_norm = _safe_unit(jnp.maximum(left, 0))
+  ln, ln_norm = _safe_unit(jnp.maximum(-left, 0))
+  rp, rp_norm = _safe_unit(jnp.maximum(right, 0))
+  rn, rn_norm = _safe_unit(jnp.maximum(-right, 0))
+  positive = lp_norm * rp_norm > ln_norm * rn_norm
+  sigma = jnp.where(positive, lp_norm * rp_norm, ln_norm * rn_norm)
+  lam, positive = jnp.sqrt(s * sigma)[None], positive[None]
+  H = lam * jnp.where(positive, lp, ln)
+  W = lam * jnp.where(positive, rp, rn)
+  # The leading pair is sign-coherent (Perron-Frobenius): take absolute values.
+  H = H.at[:, 0].set(jnp.sqrt(s[0]) * jnp.abs(left[:, 0]))
+  W = W.at[:, 0].set(jnp.sqrt(s[0]) * jnp.abs(right[:, 0]))
+  avg = _masked_mean(U, mask)
+  W = jnp.where(W < _ZERO_BELOW, avg, W)
+  H = jnp.where(H < _ZERO_BELOW, avg, H)
+  return W, H * mask[:, None]
