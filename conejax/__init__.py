@@ -1,9 +1,22 @@
 """conejax: non-negative cones as cheap, reusable generative models, in JAX.
 
 Samples are rows: data U is (N, m), a dictionary W is (m, d) with atoms as columns, codes
-H are (N, d), and U ~ H W^T.
+H are (N, d), and U ~ H W^T. A ``Cones`` stacks K dictionaries as W of shape (K, m, d).
 """
 
+from conejax import data as data
+from conejax._cone import Cones as Cones
+from conejax._cone import codes as codes
+from conejax._cone import distance as distance
+from conejax._cone import fit_cones as fit_cones
+from conejax._cone import log_likelihood as log_likelihood
+from conejax._cone import make_cones as make_cones
+from conejax._cone import predict as predict
+from conejax._cone import predict_proba as predict_proba
+from conejax._cone import project as project
+from conejax._cone import score as score
+from conejax._io import load as load
+from conejax._io import save as save
 from conejax._nmf import NMFResult as NMFResult
 from conejax._nmf import nmf as nmf
 from conejax._nmf import nmf_per_class as nmf_per_class
@@ -14,5 +27,9 @@ from conejax._nnls import init as nnls_init
 from conejax._nnls import nnls as nnls
 from conejax._nnls import nnls_gram as nnls_gram
 from conejax._nnls import step as nnls_step
+from conejax._uses import anomaly_score as anomaly_score
+from conejax._uses import compress as compress
+from conejax._uses import features as features
+from conejax._uses import kcones as kcones
 
 __version__ = "0.1.0"

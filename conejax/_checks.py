@@ -38,24 +38,24 @@ def check_ndim(x: jax.Array, name: str, allowed: tuple[int, ...], shape_doc: str
 
 
 def check_finite(x, name: str) -> None:
-  if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+  # numpy, not jnp: inside a jit trace even concrete arrays would become tracers.
+  if _is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
     raise ValueError(f"{name} contains NaN or Inf values; remove or impute them before fitting.")
 
 
 def check_nonnegative(x, name: str) -> None:
-  if _is_concrete(x) and bool(jnp.any(x < 0)):
+  if _is_concrete(x) and np.any(np.asarray(x) < 0):
     raise ValueError(
-        f"{name} has negative entries (min {float(jnp.min(x)):.3g}); non-negative factorisation "
+        f"{name} has negative entries (min {float(np.min(np.asarray(x))):.3g}); non-negative factorisation "
         f"needs data >= 0. Shift or clip it, e.g. np.clip({name}, 0, None).")
 
 
 def check_penalty(mu, name: str) -> jax.Array:
-  mu = jnp.asarray(mu)
-  if mu.ndim != 0:
-    raise ValueError(f"{name} must be a scalar; got shape {tuple(mu.shape)}.")
-  if _is_concrete(mu) and not (bool(jnp.isfinite(mu)) and float(mu) >= 0):
+  if jnp.ndim(mu) != 0:
+    raise ValueError(f"{name} must be a scalar; got shape {tuple(jnp.shape(mu))}.")
+  if _is_concrete(mu) and not (np.isfinite(np.asarray(mu)) and float(mu) >= 0):
     raise ValueError(f"{name} must be a finite number >= 0; got {float(mu)}.")
-  return mu
+  return jnp.asarray(mu)
 
 
 def check_positive_int(value, name: str) -> int:

@@ -100,7 +100,7 @@ def test_tolerance_stops_early_and_pads_the_history():
 
 
 @pytest.mark.parametrize("method, init", [("mu", "random"), ("hals", "nndsvda"),
-                                          ("anls", "nndsvda")])
+                                          ("anls", "nndsvda"), ("mu", "kmeans")])
 def test_per_class_equals_one_class_at_a_time(method, init):
   rng = np.random.default_rng(6)
   X = np.concatenate([_random_data(s, n=n) for s, n in [(7, 30), (8, 45), (9, 12)]])
@@ -124,6 +124,26 @@ def test_per_class_vmapped_equals_sequential():
   one = conejax.nmf_per_class(X, y, 3, key=KEY, max_iter=10)
   all_at_once = conejax.nmf_per_class(X, y, 3, key=KEY, max_iter=10, class_batch_size=3)
   np.testing.assert_allclose(one.W, all_at_once.W, rtol=1e-9, atol=1e-12)
+
+
+def test_kmeans_finds_separated_clusters_and_ignores_masked_rows():
+  rng = np.random.default_rng(13)
+  means = np.array([[5.0, 0, 0, 1], [0, 5.0, 0, 1], [0, 0, 5.0, 1]])
+  U = np.concatenate([m + 0.1 * rng.random((20, 4)) for m in means])
+  padded = np.concatenate([U, 100 * np.ones((7, 4))])
+  mask = np.concatenate([np.ones(60), np.zeros(7)])
+  centers = np.asarray(_nmf_init.kmeans(KEY, padded, 3, mask))
+  order = np.argsort(np.argmax(centers[:, :3], axis=1))
+  expected = np.stack([U[20 * i:20 * (i + 1)].mean(axis=0) for i in range(3)])
+  np.testing.assert_allclose(centers[order], expected, rtol=1e-10)
+  alone = np.asarray(_nmf_init.kmeans(KEY, U, 3, np.ones(60)))
+  np.testing.assert_allclose(alone, centers, rtol=1e-12)
+
+
+def test_kmeans_init_gives_nonnegative_positive_codes():
+  U = _random_data(14)
+  W, H = _nmf_init.kmeans_init(KEY, U, 4, np.ones(len(U)))
+  assert np.all(np.asarray(W) >= 0) and np.all(np.asarray(H) > 0)
 
 
 def test_randomized_svd_matches_numpy():
@@ -166,6 +186,7 @@ def test_dtype_is_kept_and_jit_does_not_recompile(dtype):
     (dict(mu_h=-0.1), "mu_h must be a finite number >= 0"),
     (dict(method="als"), "method must be one of"),
     (dict(init="svd"), "init must be one of"),
+    (dict(init="kmeans", rank=5), "rank 5 exceeds min"),
     (dict(init=(np.ones((4, 2)), np.ones((5, 3)))), "init arrays must have shapes"),
     (dict(tol=-1.0), "tol must be"),
 ])
