@@ -8,6 +8,8 @@ concrete values and are skipped for tracers, so the public functions stay usable
 
 from __future__ import annotations
 
+import zipfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,3 +77,25 @@ def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
   return value
+
+
+def read_npz(path, keys: tuple[str, ...], kind: str, fix: str) -> dict:
+  """Reads ``keys`` from an .npz file without pickle.
+
+  Raises:
+    ValueError: naming ``path`` and ``fix``, if the file is truncated, not an .npz, needs
+      pickle, or lacks one of ``keys`` (then it is not ``kind``).
+  """
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{str(path)!r} is truncated or not an .npz file; {fix}.")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      fields = {key: data[key] for key in keys if key in data.files}
+  except (zipfile.BadZipFile, EOFError, OSError) as error:
+    raise ValueError(f"{str(path)!r} is truncated or not an .npz file ({error}); {fix}.") from error
+  except ValueError as error:
+    raise ValueError(f"{str(path)!r} could not be read without pickle ({error}); {fix}.") from error
+  missing = [key for key in keys if key not in fields]
+  if missing:
+    raise ValueError(f"{str(path)!r} is not {kind}: fields {missing} are missing; {fix}.")
+  return fields

@@ -115,8 +115,8 @@ def _safe_norm(x, axis=-1):
 
 def codes(cones: Cones, X, *, max_iter: int = 1000, tol: float | None = None) -> jax.Array:
   """Sparse codes of every sample on every cone: (..., K, d)."""
-  X = _check_samples(cones, X)
-  return _nnls.nnls(cones.W, X, cones.mu_h, max_iter=max_iter, tol=tol).h
+  return _nnls.nnls(cones.W, _check_samples(cones, X), cones.mu_h, max_iter=max_iter,
+                    tol=tol).h
 
 
 def project(cones: Cones, X, **options) -> jax.Array:
@@ -137,7 +137,7 @@ def _residual_norms(W, X, H):
 def distance(cones: Cones, X, **options) -> jax.Array:
   """Distances D_k(x) = ||x - P_k(x)|| of every sample to every cone: (..., K)."""
   X = _check_samples(cones, X)
-  H = codes(cones, X, **options)
+  H = _nnls.nnls(cones.W, X, cones.mu_h, **options).h
   batch = X.shape[:-1]
   flat = _residual_norms(cones.W, X.reshape(-1, X.shape[-1]), H.reshape(-1, *H.shape[-2:]))
   return flat.reshape(batch + (cones.n_classes,))

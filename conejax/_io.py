@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
 import numpy as np
 
-from conejax import _cone
+from conejax import _checks, _cone
 
 FORMAT = "conejax.cones"
 VERSION = 1
@@ -40,23 +39,8 @@ def load(path) -> _cone.Cones:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"no cones file at {path!r}; save one with conejax.save(path, cones).")
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path!r} is truncated or not an .npz file; save it again with "
-                     "conejax.save.")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      missing = [name for name in _FIELDS if name not in data.files]
-      if missing:
-        raise ValueError(f"{path!r} is not a conejax cones file: fields {missing} are missing.")
-      fields = {name: data[name] for name in _FIELDS}
-  except (zipfile.BadZipFile, EOFError, OSError) as error:
-    raise ValueError(f"{path!r} is truncated or not an .npz file ({error}); save it again "
-                     "with conejax.save.") from error
-  except ValueError as error:
-    if "not a conejax cones file" in str(error):
-      raise
-    raise ValueError(f"{path!r} could not be read without pickle ({error}); it was not "
-                     "written by conejax.save.") from error
+  fields = _checks.read_npz(path, _FIELDS, "a conejax cones file",
+                            "save it again with conejax.save")
   if str(fields["format"]) != FORMAT:
     raise ValueError(f"{path!r} holds {str(fields['format'])!r}, not {FORMAT!r}.")
   if int(fields["version"]) > VERSION:

@@ -116,31 +116,32 @@ def kcones(X, n_clusters: int, rank: int, *, key: jax.Array, n_iter: int = 10,
                      f"{n_clusters * rank} samples; X has {X.shape[0]}.")
   seed_key, fit_key = jax.random.split(key)
   labels = _seed(seed_key, jnp.asarray(X), n_clusters)
-  cones = None
+  residual = np.sqrt(np.sum(X**2, axis=1))  # distance to the cone of each sample's cluster
   for round_ in range(_checks.check_positive_int(n_iter, "n_iter")):
-    labels = _refill_small_clusters(labels, n_clusters, rank, X, cones)
+    labels = _refill_small_clusters(labels, n_clusters, rank, residual)
     cones = _cone.fit_cones(X, labels, rank, key=jax.random.fold_in(fit_key, round_),
                             **fit_options)
-    new = np.asarray(jnp.argmin(_cone.distance(cones, X), axis=1))
+    distances = np.asarray(_cone.distance(cones, X))
+    new = np.argmin(distances, axis=1)
+    residual = distances[np.arange(len(new)), new]
     if np.array_equal(new, labels):
       break
     labels = new
   return labels, cones
 
 
-def _refill_small_clusters(labels, n_clusters, rank, X, cones):
-  """Moves the worst-explained samples into clusters with fewer than ``rank`` members."""
+def _refill_small_clusters(labels, n_clusters, rank, residual):
+  """Moves the worst-explained samples (largest ``residual``) into clusters with fewer than
+  ``rank`` members."""
   labels = labels.copy()
-  if cones is None:
-    worst = np.argsort(-np.sum(X**2, axis=1))
-  else:
-    own = np.asarray(_cone.distance(cones, X))[np.arange(len(labels)), labels]
-    worst = np.argsort(-own)
+  worst = np.argsort(-residual)
   counts = np.bincount(labels, minlength=n_clusters)
   for k in np.flatnonzero(counts < rank):
-    donors = [i for i in worst if counts[labels[i]] > rank][: rank - counts[k]]
-    for i in donors:
-      counts[labels[i]] -= 1
-      labels[i] = k
-    counts[k] += len(donors)
+    for i in worst:
+      if counts[k] >= rank:
+        break
+      if counts[labels[i]] > rank:  # donors keep at least ``rank`` members
+        counts[labels[i]] -= 1
+        counts[k] += 1
+        labels[i] = k
   return labels

@@ -91,14 +91,18 @@ def zero_versus_one(x_train, y_train, x_test, y_test, key, report):
   report["zero_vs_one"] = rows
 
 
-def ten_digits(x_train, y_train, x_test, y_test, key, report, ranks):
-  """Nearest-cone accuracy against rank, next to three baselines trained on the same data."""
+def ten_digits(x_train, y_train, x_test, y_test, key, report, ranks, extra_ranks):
+  """Nearest-cone accuracy against rank, next to three baselines trained on the same data.
+
+  Fit times include compilation; prediction is timed on its second call (same shapes).
+  """
   rows = []
-  for label, config in (("cones, reference (nndsvda, 200 MU)", REFERENCE),
-                        ("cones, k-means init, 20 MU", BEST)):
-    for rank in ranks:
+  for label, config, config_ranks in (
+      ("cones, reference (nndsvda, 200 MU)", REFERENCE, ranks),
+      ("cones, k-means init, 20 MU", BEST, ranks + extra_ranks)):
+    for rank in config_ranks:
       cones, fit_s = timed(lambda: conejax.fit_cones(x_train, y_train, rank, key=key, **config))
-      conejax.predict(cones, x_test[:10])  # compile
+      conejax.predict(cones, x_test)  # compile for these shapes
       predicted, predict_s = timed(lambda: conejax.predict(cones, x_test))
       rows.append(dict(model=f"{label}, rank {rank}", accuracy=float(np.mean(predicted == y_test)),
                        fit_seconds=fit_s, predict_seconds=predict_s))
@@ -138,6 +142,17 @@ def clustering(x_test, y_test, key, report, rank=8):
                               purity=float(purity), rank=rank, seconds=seconds)
 
 
+WHY = """Why plain NMF cones lag, and what closed the gap. NMF from NNDSVDa or random starts
+learns parts (short strokes, see the bases figure); a cone of parts also contains the other
+classes' digits, so a better fit (more iterations, HALS, higher rank) covers more of the
+other classes and classifies worse: at rank 64, 200 updates reach 93.4% (NNDSVDa) or
+94.5% (random), HALS 92.5-92.9%, rank 256 92.6%, and an L1 weight on the codes changes
+little or hurts. Starting each class's atoms at its k-means centroids (whole prototypes of
+that class) and refining them by only 20 multiplicative updates keeps every atom a
+recognisable digit of its class: 96.7% at rank 64, and accuracy now grows with the rank
+(97.4% at 128, 97.8% at 256). No fine-tuning, no other class's data is used."""
+
+
 def write_report(report, out):
   b, z, a, c = report["bases"], report["zero_vs_one"], report["anomaly"], report["clustering"]
   lines = [
@@ -162,7 +177,16 @@ def write_report(report, out):
   for r in report["ten_digits"]:
     lines.append(f"| {r['model']} | {100 * r['accuracy']:.2f}% | {r['fit_seconds']:.1f} | "
                  f"{r['predict_seconds']:.2f} |")
-  lines += ["", "Reference: comparable to a simple neural network.", "",
+  lines += ["", "Reference: comparable to a simple neural network. Reference figures measured on "
+            "this machine with a JAX prototype (full MNIST): nearest cone 93.3% (rank 64), "
+            "PCA nearest subspace 95.7%, logistic regression 92.7%, 3-NN 97.1%, MLP 98.2%.", "",
+            WHY, ""]
+  sweep = out / "sweep_cones.md"
+  if sweep.exists():
+    lines += ["Accuracy against rank, init, method and mu_h (full MNIST, "
+              "`experiments/sweep_cones.py`; fit and predict seconds from the machine it ran "
+              "on, named in the table's heading):", "", sweep.read_text(), ""]
+  lines += [
             "## Anomaly detection", "",
             f"Cones for the nine other digits; the distance to the nearest cone separates the "
             f"held-out digit {a['held_out']} from the rest with ROC AUC {a['roc_auc']:.3f}.", "",
@@ -177,6 +201,7 @@ def main():
   parser.add_argument("--data", default=None, help="full mnist.npz (default: embedded subset)")
   parser.add_argument("--out", default="results")
   parser.add_argument("--ranks", default="16,32,64")
+  parser.add_argument("--extra_ranks", default="128,256", help="more ranks, best config only")
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +216,8 @@ def main():
   zero_versus_one(x_train, y_train, x_test, y_test, key, report)
   steps.update()
   ranks = [int(r) for r in args.ranks.split(",")]
-  best64 = ten_digits(x_train, y_train, x_test, y_test, key, report, ranks)
+  extra = [int(r) for r in args.extra_ranks.split(",") if r]
+  best64 = ten_digits(x_train, y_train, x_test, y_test, key, report, ranks, extra)
   steps.update()
   projections(cones_all, best64, x_test, y_test, out)
   anomaly(x_train, y_train, x_test, y_test, key, report)

@@ -73,16 +73,24 @@ def main():
                              f"mu_h {mu_h}", rank=rank, init=init, method=method,
                        train_mu_h=train_mu_h, mu_h=mu_h, accuracy=accuracy,
                        fit_seconds=fit_seconds, seconds=time.perf_counter() - start))
-  lines = ["| model | test accuracy | fit s | predict s |", "|---|---|---|---|"]
+  meta = dict(devices=str(jax.devices()), jax=jax.__version__, n_train=len(y_train),
+              n_test=len(y_test), max_iter=args.max_iter)
+  table = markdown(rows, meta)
+  print(table)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "sweep_cones.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+  (out / "sweep_cones.md").write_text(table + "\n")
+
+
+def markdown(rows, meta):
+  """A table of the rows; the first predict time of a shape includes compilation."""
+  lines = [f"| model ({meta['devices']}, {meta['max_iter']} iterations unless stated) | "
+           "test accuracy | fit s | predict s |", "|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['model']} | {100 * r['accuracy']:.2f}% | "
                  f"{r.get('fit_seconds', float('nan')):.1f} | {r['seconds']:.2f} |")
-  print("\n".join(lines))
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  meta = dict(devices=str(jax.devices()), jax=jax.__version__, n_train=len(y_train),
-              n_test=len(y_test), max_iter=args.max_iter)
-  (out / "sweep_cones.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

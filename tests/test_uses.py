@@ -86,5 +86,15 @@ def test_download_checks_the_sha256_against_a_local_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="download=True"):
     data.load_mnist(tmp_path / "absent.npz")
   (tmp_path / "bad.npz").write_bytes(b"not a zip")
-  with pytest.raises(ValueError, match="corrupted"):
+  with pytest.raises(ValueError, match="truncated or not an .npz"):
     data.load_mnist(tmp_path / "bad.npz")
+
+
+def test_small_clusters_are_refilled_without_draining_donors():
+  from conejax import _uses
+  labels = np.array([0] * 5 + [1] * 3 + [2] * 1)
+  residual = np.arange(9.0)[::-1]  # sample 0 is the worst explained
+  refilled = _uses._refill_small_clusters(labels, 4, 2, residual)
+  counts = np.bincount(refilled, minlength=4)
+  assert np.all(counts >= 2) and counts.sum() == 9
+  np.testing.assert_array_equal(refilled, [2, 3, 3, 0, 0, 1, 1, 1, 2])  # worst first

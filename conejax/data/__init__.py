@@ -11,9 +11,10 @@ import pathlib
 import shutil
 import tempfile
 import urllib.request
-import zipfile
 
 import numpy as np
+
+from conejax import _checks
 
 SUBSET = pathlib.Path(__file__).resolve().parent / "mnist_subset.npz"
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -68,15 +69,7 @@ def load_mnist(path=None, *, download: bool = False, url: str = MNIST_URL,
       raise FileNotFoundError(f"no MNIST file at {str(path)!r}; pass download=True to fetch "
                               "it, or path=None for the embedded subset.")
     fetch(path, url=url, sha256=sha256)
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f"{str(path)!r} is corrupted or not an .npz file.")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      missing = [k for k in _KEYS if k not in data.files]
-      if missing:
-        raise ValueError(f"{str(path)!r} lacks the MNIST arrays {missing}.")
-      arrays = {k: data[k] for k in _KEYS}
-  except (zipfile.BadZipFile, EOFError, OSError) as error:
-    raise ValueError(f"{str(path)!r} is corrupted or not an .npz file ({error}).") from error
+  arrays = _checks.read_npz(path, _KEYS, "an MNIST file",
+                            "pass the standard mnist.npz, or path=None for the embedded subset")
   rows = lambda x: (x.reshape(len(x), -1) / np.float32(255)).astype(np.float32)
   return rows(arrays["x_train"]), arrays["y_train"], rows(arrays["x_test"]), arrays["y_test"]
