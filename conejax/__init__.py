@@ -5,6 +5,7 @@ H are (N, d), and U ~ H W^T. A ``Cones`` stacks K dictionaries as W of shape (K,
 """
 
 from conejax import data as data
+from conejax import operators as operators
 from conejax._cone import Cones as Cones
 from conejax._cone import codes as codes
 from conejax._cone import distance as distance
@@ -15,6 +16,9 @@ from conejax._cone import predict as predict
 from conejax._cone import predict_proba as predict_proba
 from conejax._cone import project as project
 from conejax._cone import score as score
+from conejax._inverse import Reconstruction as Reconstruction
+from conejax._inverse import reconstruct as reconstruct
+from conejax._inverse import separate as separate
 from conejax._io import load as load
 from conejax._io import save as save
 from conejax._nmf import NMFResult as NMFResult
@@ -27,6 +31,7 @@ from conejax._nnls import init as nnls_init
 from conejax._nnls import nnls as nnls
 from conejax._nnls import nnls_gram as nnls_gram
 from conejax._nnls import step as nnls_step
+from conejax._nnls_l1 import nnls_l1 as nnls_l1
 from conejax._uses import anomaly_score as anomaly_score
 from conejax._uses import compress as compress
 from conejax._uses import features as features

@@ -53,7 +53,7 @@ class NNLSState(NamedTuple):
     t: (...) momentum parameter; reset to 1 on restart.
     iter_num: (...) int32 steps taken while the sample was not yet converged.
     error: (...) scale-free KKT residual at ``h``.
-    lipschitz: () the step is 1 / lipschitz.
+    lipschitz: (...) the step of each sample is 1 / lipschitz.
     scale: (...) ||c||_inf, the normaliser of ``error``.
   """
   h: jax.Array
@@ -93,19 +93,24 @@ def lipschitz_constant(G: jax.Array) -> jax.Array:
 
 def _times_gram(h, G):
   # h @ G equals G h row by row because G is symmetric; it batches as one matrix product.
-  return jnp.matmul(h, G, precision=_HIGHEST)
+  # A callable G is a matrix-free Gram product (e.g. one operator per sample).
+  return G(h) if callable(G) else jnp.matmul(h, G, precision=_HIGHEST)
 
 
 def _kkt_residual(h, grad, lipschitz, scale):
-  step = jnp.abs(h - jnp.maximum(h - grad / lipschitz, 0))
+  step = jnp.abs(h - jnp.maximum(h - grad / lipschitz[..., None], 0))
   return jnp.max(step, axis=-1) * lipschitz / scale
 
 
 def init(G: jax.Array, c: jax.Array, mu=0.0, h0=None, lipschitz=None) -> NNLSState:
-  """Builds the state: G (d, d), c = W^T v of shape (..., d), warm start h0 (..., d)."""
+  """Builds the state: G (d, d), c = W^T v of shape (..., d), warm start h0 (..., d).
+
+  G may also be a function mapping codes (..., d) to their Gram products (matrix-free);
+  ``lipschitz`` (a scalar or one per sample) is then required.
+  """
   if lipschitz is None:
     lipschitz = lipschitz_constant(G)
-  lipschitz = jnp.asarray(lipschitz, c.dtype)
+  lipschitz = jnp.broadcast_to(jnp.asarray(lipschitz, c.dtype), c.shape[:-1])
   h = jnp.zeros_like(c) if h0 is None else jnp.maximum(jnp.asarray(h0, c.dtype), 0)
   grad = _times_gram(h, G) - c + mu
   scale = jnp.maximum(jnp.max(jnp.abs(c), axis=-1), jnp.finfo(c.dtype).tiny)
@@ -120,12 +125,12 @@ def step(state: NNLSState, G: jax.Array, c: jax.Array, mu=0.0, tol=0.0) -> NNLSS
 
   Args:
     state: from ``init`` (or a previous step), batch shape (...).
-    G: (d, d) Gram matrix W^T W.
+    G: (d, d) Gram matrix W^T W, or a function h -> (Gram products of h) of the same shape.
     c: (..., d) right-hand sides W^T v.
     mu: scalar L1 weight.
     tol: only decides which samples count the step in ``iter_num``.
   """
-  h_new = jnp.maximum(state.y - state.grad_y / state.lipschitz, 0)
+  h_new = jnp.maximum(state.y - state.grad_y / state.lipschitz[..., None], 0)
   grad_new = _times_gram(h_new, G) - c + mu
   restart = jnp.sum((state.y - h_new) * (h_new - state.h), axis=-1) > 0
   t_next = 0.5 * (1 + jnp.sqrt(1 + 4 * state.t**2))

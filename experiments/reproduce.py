@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 import baselines  # noqa: E402  (experiments/ is the script's own folder)
+import inverse_problems  # noqa: E402
 
 # The configuration experiments/sweep_cones.py found best among plain cones.
 BEST = dict(init="kmeans", method="mu", max_iter=20, tol=0)
@@ -193,6 +194,11 @@ def write_report(report, out):
             "## Clustering", "",
             f"k-cones (10 cones of rank {c['rank']}) on the test set: adjusted Rand index "
             f"{c['ari']:.3f}, purity {c['purity']:.3f} ({c['seconds']:.0f} s).", ""]
+  inverse = out / "inverse_problems.md"
+  if inverse.exists():
+    lines += ["## Inverse problems with the same cones", "",
+              "`experiments/inverse_problems.py`: 500 test digits, every parameter tuned on "
+              "held-out training digits; panels in `inverse_*.png`.", "", inverse.read_text(), ""]
   (out / "REPORT.md").write_text("\n".join(lines))
 
 
@@ -202,6 +208,8 @@ def main():
   parser.add_argument("--out", default="results")
   parser.add_argument("--ranks", default="16,32,64")
   parser.add_argument("--extra_ranks", default="128,256", help="more ranks, best config only")
+  parser.add_argument("--skip_inverse", action="store_true",
+                      help="leave out experiments/inverse_problems.py")
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +218,7 @@ def main():
   key = jax.random.key(0)
   report = dict(data=args.data or "embedded subset", n_train=len(y_train), n_test=len(y_test),
                 device=str(jax.devices()[0]))
-  steps = tqdm(total=6, desc="reproduce", unit="step")
+  steps = tqdm(total=7, desc="reproduce", unit="step")
   cones_all = bases(x_train, key, out, report)
   steps.update()
   zero_versus_one(x_train, y_train, x_test, y_test, key, report)
@@ -223,6 +231,9 @@ def main():
   anomaly(x_train, y_train, x_test, y_test, key, report)
   steps.update()
   clustering(x_test, y_test, key, report)
+  steps.update()
+  if not args.skip_inverse:
+    inverse_problems.run(args.data, out)
   steps.update()
   report["seconds"] = time.perf_counter() - start
   write_report(report, out)

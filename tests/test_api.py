@@ -9,13 +9,20 @@ POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nnls_init": 5, "nnls_step": 5, "nmf": 
               "nmf_per_class": 3, "nmf_objective": 5, "fit_cones": 3, "make_cones": 4,
               "codes": 2, "project": 2, "distance": 2, "log_likelihood": 3,
               "predict_proba": 3, "predict": 2, "score": 3, "save": 2, "load": 1,
-              "features": 2, "anomaly_score": 2, "compress": 3, "kcones": 3}
+              "features": 2, "anomaly_score": 2, "compress": 3, "kcones": 3,
+              "nnls_l1": 3, "reconstruct": 3, "separate": 2}
 PUBLIC_FUNCTIONS = sorted(POSITIONAL)
 
 
 def test_every_public_function_is_exported():
   for name in PUBLIC_FUNCTIONS:
     assert callable(getattr(conejax, name)), name
+
+
+def test_the_list_above_covers_every_exported_function():
+  exported = {name for name, value in vars(conejax).items()
+              if inspect.isfunction(value) and not name.startswith("_")}
+  assert exported == set(PUBLIC_FUNCTIONS)
 
 
 def test_options_are_keyword_only():
