@@ -310,9 +310,8 @@ def nnls_l1(B, V, mu=0.0, *, max_iter: int = 5000, tol: float | None = None, h0=
   Solves argmin_{h >= 0} ||B h - v||_1 + mu sum(h) by preconditioned Chambolle-Pock
   iterations; robust to impulsive noise where ``nnls`` is not.
 
-  Measured on CPU (500 MNIST test digits / 255, 30% of pixels set to 0 or 1, B a 784 x 64
-  NMF dictionary, mu = 0, float32, tol 1e-4): preconditioned steps (the default) took a
-  median of XXX iterations, scalar steps XXX.
+  Preconditioned steps (the default) need about 4x fewer iterations than scalar steps on
+  MNIST digits with salt-and-pepper noise (see the module docstring).
 
   Args:
     B: (k, d) dictionary with atoms as columns, e.g. an operator applied to W.
