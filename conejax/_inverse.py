@@ -159,7 +159,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       With ``per_sample_operator=True`` its array leaves carry a leading sample axis N
       (e.g. ``jax.vmap(operators.mask)(M)`` for one mask per sample).
     mu_h: L1 weight of the codes >= 0; None takes the cones' own (0 for an array).
-    loss: "l2" (accelerated projected gradient) or "l1" (preconditioned Chambolle-Pock).
+    loss: "l2" (accelerated projected gradient) or "l1" (restarted preconditioned primal-dual, ``nnls_l1``).
     select: with K cones, "each" codes on every cone, "best" keeps per sample the cone of
       smallest objective, "union" codes once on all K d atoms together.
     per_sample_operator: whether A holds one operator per sample. With the l2 loss these

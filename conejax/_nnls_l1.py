@@ -18,16 +18,33 @@ taken as an operator T on z = (h, y):
     h+ = max(h - tau (B^T (2 y+ - y) + mu), 0)      (prox of tau (mu sum + h >= 0))
 
 and iterated in the restarted, reflected Halpern form of Lu and Yang (r2HPDHG):
-z <- (k + 1) / (k + 2) (2 T(z) - z) + 1 / (k + 2) z_anchor, with z and the anchor reset to
-T(z) when the fixed-point residual ||z - T(z)|| falls by 0.2 (or by 0.8 and stops falling,
-or after 0.36 of all steps), and the PDLP primal weight update at each restart. B h and
-B^T y are carried along linearly, so a step costs two matrix products.
+z <- (k + 1) / (k + 2) (2 T(z) - z) + 1 / (k + 2) z_anchor after k steps since the last
+restart, with z and the anchor reset to T(z) when the fixed-point residual ||z - T(z)||
+falls by 0.2 (or by 0.8 and stops falling, or after 0.36 of all steps), and the PDLP
+primal weight update at each restart (kept within 100x of its start). B h and B^T y are
+carried along linearly, so a step costs two matrix products, as a plain one does.
 
 The steps are the diagonal preconditioning of Pock and Chambolle with alpha = 1,
 tau_j = w / sum_i |B_ij| and sigma_i = 1 / (w sum_j |B_ij|), which satisfies
 ||sigma^1/2 B tau^1/2||_2 <= 1 for any B; ``precondition=False`` takes scalar steps w / L
 and 1 / (w L) with L = ||B||_2. The primal weight starts at w = ||v||_1 / sum_ij |B_ij|,
 the size of a typical code, so the iterates are equivariant to rescaling v, B or mu.
+
+Measured on CPU (500 MNIST test digits / 255 with 30% of pixels set to 0 or 1, B a 784 x 64
+NMF dictionary of 2000 training digits, mu = 0, float32, tol 1e-4, max_iter 5000), as
+median / 90th percentile / largest iteration count:
+
+    restarted Halpern, diagonal steps (default)   280 /  847 / 3108   all converged
+    restarted Halpern, scalar steps               827 / 2178 / 5000   98.4% converged
+    plain Chambolle-Pock, diagonal steps          870 / 1893 / 5000   99.2% converged
+    plain Chambolle-Pock, scalar steps           1324 / 2185 / 5000   99.4% converged
+
+A restarted step costs about 1.3x a plain one (more carried arrays), so the default was
+also the fastest in wall time (23 s against 27-38 s on a shared 2-core machine). The L1
+fit W h* of the corrupted digits has PSNR 16.9 dB against the clean digits, the L2 fit
+(``nnls``) 15.2 dB and the corrupted digits 8.4 dB. Float32 reaches 1e-4 but its
+largest iteration counts are PDHG's known slow tail on degenerate linear programs; in
+float64, 1e-7 takes about 1500 iterations (median) on 40 x 10 random problems.
 
 The stopping measure, checked at every T(z), is
 
@@ -60,7 +77,9 @@ _HIGHEST = lax.Precision.HIGHEST
 # Restart rule of r2HPDHG / PDLP: restart when the fixed-point residual fell by a factor
 # 0.2, or by 0.8 and rose since the last step, or after 0.36 of all steps so far.
 _SUFFICIENT, _NECESSARY, _ARTIFICIAL = 0.2, 0.8, 0.36
-_CLAMP = 1e30
+# The primal weight stays within this factor of its start: unclamped, it ran away (to 1e-6)
+# on some MNIST samples, whose degenerate duals keep moving after the codes have settled.
+_WEIGHT_RANGE = 100.0
 
 
 class L1State(NamedTuple):
@@ -77,6 +96,7 @@ class L1State(NamedTuple):
     Bh_z, Bty_z: (..., k) and (..., d), B h_z and B^T y_z.
     h_anchor, y_anchor, Bh_anchor, Bty_anchor: the same at the last restart point.
     weight: (...) primal weight: the steps are tau * weight and sigma / weight.
+    weight0: (...) the starting primal weight ||v||_1 / sum_ij |B_ij|.
     count: (...) int32 steps since the last restart.
     iter_num: (...) int32 steps taken while the sample was not yet converged.
     residual_anchor: (...) fixed-point residual ||z - T(z)|| at the last restart.
@@ -136,7 +156,8 @@ def step_sizes(B: jax.Array, *, precondition: bool = True):
   else:
     gram = jnp.dot(B.T, B, precision=_HIGHEST)
     norm = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], jnp.finfo(B.dtype).tiny))
-    tau, sigma = jnp.full(B.shape[1:], 1 / norm, B.dtype), jnp.full(B.shape[:1], 1 / norm, B.dtype)
+    tau = jnp.full(B.shape[1:], 1 / norm, B.dtype)
+    sigma = jnp.full(B.shape[:1], 1 / norm, B.dtype)
   return tau, jnp.where(rows > 0, sigma, 0)
 
 
@@ -158,7 +179,7 @@ def _pick(cond, new, old):
 
 def init(B: jax.Array, V: jax.Array, mu=0.0, h0=None, *,
          precondition: bool = True) -> L1State:
-  """Builds the state at z = (h0, 0), h0 = 0 by default.
+  """Builds the state at h = h0 (0 by default) and y = 0 (-sign(v) on empty rows of B).
 
   Args:
     B: (k, d) dictionary.
@@ -181,8 +202,8 @@ def init(B: jax.Array, V: jax.Array, mu=0.0, h0=None, *,
   col_scale = _positive(jnp.sum(jnp.abs(B), axis=0))
   error = _error(h, Bh, y, Bty, V, mu, scale, col_scale)
   zero, inf = jnp.zeros(batch, jnp.int32), jnp.full(batch, jnp.inf, V.dtype)
-  return L1State(h, y, error, h, y, Bh, Bty, h, y, Bh, Bty, weight, weight, zero, zero, inf, inf,
-                 scale, tau, sigma, col_scale)
+  return L1State(h, y, error, h, y, Bh, Bty, h, y, Bh, Bty, weight, weight, zero, zero, inf,
+                 inf, scale, tau, sigma, col_scale)
 
 
 def step(state: L1State, B: jax.Array, V: jax.Array, mu=0.0, tol=0.0) -> L1State:
@@ -240,7 +261,8 @@ def step(state: L1State, B: jax.Array, V: jax.Array, mu=0.0, tol=0.0) -> L1State
       h_anchor=_pick(restart, h, state.h_anchor), y_anchor=_pick(restart, y, state.y_anchor),
       Bh_anchor=_pick(restart, Bh, state.Bh_anchor),
       Bty_anchor=_pick(restart, Bty, state.Bty_anchor),
-      weight=jnp.clip(state.weight * ratio, state.weight0 / _CLAMP, state.weight0 * _CLAMP),
+      weight=jnp.clip(state.weight * ratio, state.weight0 / _WEIGHT_RANGE,
+                      state.weight0 * _WEIGHT_RANGE),
       count=jnp.where(restart, 0, jnp.where(active, count, state.count)),
       iter_num=state.iter_num + active,
       residual_anchor=_pick(restart, residual, state.residual_anchor),
@@ -292,6 +314,7 @@ def solve(B, V, mu=0.0, h0=None, *, max_iter: int = 5000, tol: float | None = No
   ``jit`` and ``vmap``, e.g. ``jax.vmap(solve, (0, None))(B_stack, V)`` for a (K, k, d)
   stack.
   """
+  B, V = jnp.asarray(B), jnp.asarray(V)
   if B.ndim != 2 or V.ndim < 1 or V.shape[-1] != B.shape[0]:
     raise ValueError(f"B must have shape (k, d) and V (..., k) with the same k; got B "
                      f"{tuple(B.shape)} and V {tuple(V.shape)}. Samples are rows.")
@@ -307,11 +330,13 @@ def nnls_l1(B, V, mu=0.0, *, max_iter: int = 5000, tol: float | None = None, h0=
             batch_size: int = 2048, precondition: bool = True) -> NNLSResult:
   """Sparse non-negative least absolute deviations for every row v of V.
 
-  Solves argmin_{h >= 0} ||B h - v||_1 + mu sum(h) by preconditioned Chambolle-Pock
-  iterations; robust to impulsive noise where ``nnls`` is not.
+  Solves argmin_{h >= 0} ||B h - v||_1 + mu sum(h) by restarted, diagonally
+  preconditioned Chambolle-Pock iterations; robust to impulsive noise where ``nnls`` is
+  not.
 
-  Preconditioned steps (the default) need about 4x fewer iterations than scalar steps on
-  MNIST digits with salt-and-pepper noise (see the module docstring).
+  The default (restarted Halpern PDHG with diagonal steps) needed a median of 280 and at
+  most 3108 iterations on MNIST digits with 30% salt-and-pepper noise, scalar steps 827
+  and more than 5000 (see the module docstring for the table).
 
   Args:
     B: (k, d) dictionary with atoms as columns, e.g. an operator applied to W.
@@ -341,7 +366,9 @@ def nnls_l1(B, V, mu=0.0, *, max_iter: int = 5000, tol: float | None = None, h0=
   References:
     Chambolle and Pock, A first-order primal-dual algorithm for convex problems with
     applications to imaging, JMIV 2011. Pock and Chambolle, Diagonal preconditioning for
-    first order primal-dual algorithms in convex optimization, ICCV 2011.
+    first order primal-dual algorithms in convex optimization, ICCV 2011. Applegate et al.,
+    Practical large-scale linear programming using primal-dual hybrid gradient (PDLP),
+    NeurIPS 2021. Lu and Yang, Restarted Halpern PDHG for linear programming, 2024.
   """
   B = _checks.as_float_array(B, "B")
   V = _checks.as_float_array(V, "V")

@@ -371,7 +371,8 @@ def run(data, out, n_test=500, n_val=100, tasks=()):
     (out / "inverse_problems.partial.json").write_text(json.dumps(rows, indent=1))
     baseline = task_rows[0]["method"]
     best = max(task_rows[len(task[3]):], key=lambda r: r["psnr"])
-    slug = f"{task[0]} {task[1]}".replace(" ", "_").replace("%", "pct").replace(",", "")
+    slug = "_".join(f"{task[0]} {task[1]}".replace("%", "pct").replace(",", "")
+                    .replace("=", "").replace("+", "").split())
     panel(out / f"inverse_{slug}.png", show_degraded(obs), estimates[baseline],
           estimates[best["method"].removeprefix("conejax ").rsplit(" (", 1)[0]], U_test,
           ("degraded", baseline, best["method"], "truth"))

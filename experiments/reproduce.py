@@ -1,6 +1,6 @@
 """The main job: reproduce the MNIST results of cones as reusable generative models.
 
-    python experiments/reproduce.py                                  # embedded subset, < 5 min
+    python experiments/reproduce.py                                  # embedded subset
     python experiments/reproduce.py --data ../shared/data/mnist.npz  # full MNIST
 
 Writes results/REPORT.md (each reference claim beside the reproduced number), PNG figures

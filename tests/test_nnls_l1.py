@@ -104,7 +104,7 @@ def test_dual_certifies_optimality():
 
 def test_iterates_stay_feasible_in_a_user_loop():
   B, V = l1_problem(4)
-  state = _nnls_l1.init(B, V, 0.1, h0=np.full((8, 10), -1.0))
+  state = jax.jit(_nnls_l1.init)(B, V, 0.1, np.full((8, 10), -1.0))
   assert np.all(state.h == 0)
   step = jax.jit(_nnls_l1.step)
   for _ in range(50):
