@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks, _nnls, _nnls_l1
+from conejax import _checks, _loops, _nnls, _nnls_l1
 from conejax._cone import Cones
 from conejax.operators import _base as operators
 
@@ -106,12 +106,7 @@ def _solve_per_sample(A, W, V, mu, loss, options, chunk):
   def single(A_i, v):
     return _solve_shared(operators.apply_to_dictionary(A_i, W), v[None], mu, loss, one)[0]
 
-  n = V.shape[0]
-  n_chunks = -(-n // chunk)
-  pad = lambda x: jnp.pad(x, [(0, n_chunks * chunk - n)] + [(0, 0)] * (x.ndim - 1))
-  split = lambda x: pad(x).reshape((n_chunks, chunk) + x.shape[1:])
-  h = lax.map(lambda a: jax.vmap(single)(*a), (jax.tree.map(split, A), split(V)))
-  return h.reshape((-1,) + h.shape[2:])[:n]
+  return _loops.in_chunks(lambda a: jax.vmap(single)(*a), (A, V), chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "select", "per_sample", "options",

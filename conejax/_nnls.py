@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks
+from conejax import _checks, _loops
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -149,31 +149,16 @@ def step(state: NNLSState, G: jax.Array, c: jax.Array, mu=0.0, tol=0.0) -> NNLSS
 
 def _solve_chunk(G, C, mu, H0, lipschitz, max_iter, tol):
   """Steps the whole chunk C (B, d) until every residual is below ``tol`` or max_iter."""
-  def cond(carry):
-    it, state = carry
-    return (it < max_iter) & jnp.any(state.error > tol)
-
-  def body(carry):
-    it, state = carry
-    return it + 1, step(state, G, C, mu, tol)
-
-  state = init(G, C, mu, H0, lipschitz)
-  _, state = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
+  state = _loops.until_converged(lambda s: step(s, G, C, mu, tol),
+                                 init(G, C, mu, H0, lipschitz), max_iter, tol)
   return state.h, state.iter_num, state.error
 
 
 def _solve_batch(G, C, mu, H0, max_iter, tol, batch_size):
   """C, H0: (B, d), solved in chunks of ``batch_size`` samples."""
   lipschitz = lipschitz_constant(G)
-  n, d = C.shape
-  if n <= batch_size:
-    return _solve_chunk(G, C, mu, H0, lipschitz, max_iter, tol)
-  n_chunks = -(-n // batch_size)
-  pad = n_chunks * batch_size - n
-  chunk = lambda x: jnp.pad(x, ((0, pad), (0, 0))).reshape(n_chunks, batch_size, d)
-  h, n_iter, error = lax.map(
-      lambda a: _solve_chunk(G, a[0], mu, a[1], lipschitz, max_iter, tol), (chunk(C), chunk(H0)))
-  return h.reshape(-1, d)[:n], n_iter.reshape(-1)[:n], error.reshape(-1)[:n]
+  return _loops.in_chunks(lambda a: _solve_chunk(G, a[0], mu, a[1], lipschitz, max_iter, tol),
+                          (C, H0), batch_size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))

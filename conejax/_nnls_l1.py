@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks
+from conejax import _checks, _loops
 from conejax._nnls import NNLSResult
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -271,16 +271,8 @@ def step(state: L1State, B: jax.Array, V: jax.Array, mu=0.0, tol=0.0) -> L1State
 
 def _solve_chunk(B, V, mu, H0, max_iter, tol, precondition):
   """Steps the chunk V (n, k) until every error is below ``tol`` or ``max_iter``."""
-  def cond(carry):
-    it, state = carry
-    return (it < max_iter) & jnp.any(state.error > tol)
-
-  def body(carry):
-    it, state = carry
-    return it + 1, step(state, B, V, mu, tol)
-
-  state = init(B, V, mu, H0, precondition=precondition)
-  _, state = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
+  state = _loops.until_converged(lambda s: step(s, B, V, mu, tol),
+                                 init(B, V, mu, H0, precondition=precondition), max_iter, tol)
   return state.h, state.iter_num, state.error
 
 
@@ -291,16 +283,9 @@ _STATIC = ("max_iter", "tol", "batch_size", "precondition")
 def _solve_jit(B, V, mu, H0, *, max_iter, tol, batch_size, precondition):
   batch_shape, (k, d) = V.shape[:-1], B.shape
   V, H0 = V.reshape(-1, k), H0.reshape(-1, d)
-  n = V.shape[0]
-  solve_chunk = lambda v, h0: _solve_chunk(B, v, mu, h0, max_iter, tol, precondition)
-  if n <= batch_size:
-    h, n_iter, error = solve_chunk(V, H0)
-  else:
-    n_chunks = -(-n // batch_size)
-    chunk = lambda x: jnp.pad(x, ((0, n_chunks * batch_size - n), (0, 0))).reshape(
-        n_chunks, batch_size, x.shape[-1])
-    h, n_iter, error = lax.map(lambda a: solve_chunk(*a), (chunk(V), chunk(H0)))
-    h, n_iter, error = h.reshape(-1, d)[:n], n_iter.reshape(-1)[:n], error.reshape(-1)[:n]
+  h, n_iter, error = _loops.in_chunks(
+      lambda a: _solve_chunk(B, a[0], mu, a[1], max_iter, tol, precondition), (V, H0),
+      batch_size)
   return NNLSResult(h.reshape(batch_shape + (d,)), n_iter.reshape(batch_shape),
                     error.reshape(batch_shape))
 
