@@ -16,6 +16,9 @@ from conejax._cone import predict as predict
 from conejax._cone import predict_proba as predict_proba
 from conejax._cone import project as project
 from conejax._cone import score as score
+from conejax._finetune import FinetuneHistory as FinetuneHistory
+from conejax._finetune import FinetuneResult as FinetuneResult
+from conejax._finetune import finetune as finetune
 from conejax._inverse import Reconstruction as Reconstruction
 from conejax._inverse import reconstruct as reconstruct
 from conejax._inverse import separate as separate

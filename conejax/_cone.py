@@ -113,10 +113,16 @@ def _safe_norm(x, axis=-1):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1)), 0)
 
 
-def codes(cones: Cones, X, *, max_iter: int = 1000, tol: float | None = None) -> jax.Array:
-  """Sparse codes of every sample on every cone: (..., K, d)."""
+def codes(cones: Cones, X, *, max_iter: int = 1000, tol: float | None = None,
+          differentiation: str = "implicit") -> jax.Array:
+  """Sparse codes of every sample on every cone: (..., K, d).
+
+  Differentiable with respect to X, ``cones.W`` and ``cones.mu_h``: ``differentiation`` is
+  "implicit" (KKT conditions of the solution) or "unroll" (exactly ``max_iter`` steps); see
+  ``conejax.nnls``. ``project``, ``distance`` and ``log_likelihood`` take the same options.
+  """
   return _nnls.nnls(cones.W, _check_samples(cones, X), cones.mu_h, max_iter=max_iter,
-                    tol=tol).h
+                    tol=tol, differentiation=differentiation).h
 
 
 def project(cones: Cones, X, **options) -> jax.Array:

@@ -65,6 +65,7 @@ def _misfit(residual, loss):
 def _solve_shared(B, V, mu, loss, options):
   """Codes V (n, k) on one (k, d) dictionary B shared by every sample."""
   if loss == "l1":
+    options = {k: v for k, v in options.items() if k != "differentiation"}
     return _nnls_l1.solve(B, V, mu, **options).h
   G = jnp.dot(B.T, B, precision=_HIGHEST)
   return _nnls._nnls_gram_jit(G, jnp.dot(V, B, precision=_HIGHEST), mu, jnp.zeros(
@@ -99,7 +100,12 @@ def _solve_per_sample(A, W, V, mu, loss, options, chunk):
     gram = lambda H: adjoint(forward(H))
     C = adjoint(V)
     lipschitz = _lipschitz_estimate(gram, C.shape, C.dtype)
-    return _nnls._solve_chunk(gram, C, mu, jnp.zeros_like(C), lipschitz, options["max_iter"],
+    H0 = jnp.zeros_like(C)
+    if options["differentiation"] == "unroll":
+      state = _nnls.init(gram, C, mu, H0, lipschitz)
+      step = lambda _, s: _nnls.step(s, gram, C, mu)
+      return lax.fori_loop(0, options["max_iter"], step, state).h
+    return _nnls._solve_chunk(gram, C, mu, H0, lipschitz, options["max_iter"],
                               options["tol"])[0]
   one = dict(options, batch_size=1)
 
@@ -139,8 +145,8 @@ def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
 
 def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: str = "each",
                 per_sample_operator: bool = False, max_iter: int | None = None,
-                tol: float | None = None, batch_size: int = 2048,
-                chunk_size: int = 64) -> Reconstruction:
+                tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
+                differentiation: str = "implicit") -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
@@ -158,12 +164,15 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     select: with K cones, "each" codes on every cone, "best" keeps per sample the cone of
       smallest objective, "union" codes once on all K d atoms together.
     per_sample_operator: whether A holds one operator per sample. With the l2 loss these
-      are solved matrix-free (step sizes from 30 power iterations with a 10% margin) and
-      are not differentiable; everything else is, through ``nnls``.
+      are solved matrix-free (step sizes from 30 power iterations with a 10% margin).
     max_iter: iteration cap per sample; None is 1000 (l2) or 5000 (l1).
     tol: solver tolerance; None is the solver's default.
     batch_size: samples per solver chunk (shared operator).
     chunk_size: samples coded at once with per-sample operators and the l1 loss.
+    differentiation: how ``grad`` goes through the l2 solution, with respect to V, W, mu_h
+      and the operator's arrays: "implicit" (KKT conditions on the active set; not for
+      per-sample operators) or "unroll" (exactly ``max_iter`` steps, reverse mode through
+      each). The l1 loss is not differentiable.
 
   Returns:
     ``Reconstruction`` (u, h, misfit, cone); see its fields for shapes. A single sample
@@ -213,7 +222,10 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   default = _nnls.default_tol if loss == "l2" else _nnls_l1.default_tol
   tol = default(dtype) if tol is None else _checks.check_tol(tol)
-  options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size)
+  differentiation = _checks.check_choice(differentiation, "differentiation",
+                                         _nnls.DIFFERENTIATIONS)
+  options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size,
+                 differentiation=differentiation)
   if loss == "l1":
     options["precondition"] = True
   out = _reconstruct(W.astype(dtype), V.astype(dtype), A, mu, loss=loss, select=select,

@@ -21,8 +21,11 @@ whole batch. The batch is stepped as one matrix product per iteration rather tha
 carried array is then re-selected per sample. Batches are cut into chunks (``batch_size``)
 that stop as soon as all of their own samples have converged; ``vmap`` over samples or
 over stacked dictionaries still works.
-The solution is differentiable by implicit differentiation of the KKT conditions on the
-active set (a ``custom_vjp``), so ``grad`` works through ``while_loop``.
+Two routes differentiate the solution (``differentiation=``): "implicit" (default)
+differentiates the KKT conditions on the active set (a ``custom_vjp``, so ``grad`` works
+through ``while_loop`` and costs one (d, d) solve per sample), and "unroll" runs exactly
+``max_iter`` steps in a ``fori_loop`` and lets reverse mode go through every one of them
+(the derivative of the truncated iteration, memory proportional to ``max_iter``).
 """
 
 from __future__ import annotations
@@ -195,28 +198,43 @@ def _solve_bwd(max_iter, tol, batch_size, residuals, cotangents):
 _solve.defvjp(_solve_fwd, _solve_bwd)
 
 
-def _check_options(max_iter, tol, batch_size, dtype):
+def _solve_unrolled(G, C, mu, H0, n_steps):
+  """Exactly ``n_steps`` steps from H0, differentiable step by step (and through 1/L)."""
+  state = init(G, C, mu, H0, lipschitz_constant(G))
+  state = lax.fori_loop(0, n_steps, lambda _, s: step(s, G, C, mu), state)
+  return state.h, state.iter_num, state.error
+
+
+DIFFERENTIATIONS = ("implicit", "unroll")
+
+
+def _check_options(max_iter, tol, batch_size, dtype, differentiation):
+  _checks.check_choice(differentiation, "differentiation", DIFFERENTIATIONS)
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   tol = default_tol(dtype) if tol is None else _checks.check_tol(tol)
   return max_iter, tol, batch_size
 
 
-_STATIC = ("max_iter", "tol", "batch_size")
+_STATIC = ("max_iter", "tol", "batch_size", "differentiation")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _nnls_gram_jit(G, C, mu, H0, *, max_iter, tol, batch_size):
+def _nnls_gram_jit(G, C, mu, H0, *, max_iter, tol, batch_size, differentiation="implicit"):
   batch_shape, d = C.shape[:-1], C.shape[-1]
-  h, n_iter, residual = _solve(G, C.reshape(-1, d), mu, H0.reshape(-1, d), max_iter, tol,
-                               batch_size)
+  if differentiation == "unroll":
+    h, n_iter, residual = _solve_unrolled(G, C.reshape(-1, d), mu, H0.reshape(-1, d), max_iter)
+  else:
+    h, n_iter, residual = _solve(G, C.reshape(-1, d), mu, H0.reshape(-1, d), max_iter, tol,
+                                 batch_size)
   return NNLSResult(h.reshape(batch_shape + (d,)), n_iter.reshape(batch_shape),
                     residual.reshape(batch_shape))
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _nnls_jit(W, V, mu, H0, *, max_iter, tol, batch_size):
-  options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size)
+def _nnls_jit(W, V, mu, H0, *, max_iter, tol, batch_size, differentiation="implicit"):
+  options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size,
+                 differentiation=differentiation)
   if W.ndim == 2:
     G = jnp.dot(W.T, W, precision=_HIGHEST)
     return _nnls_gram_jit(G, jnp.dot(V, W, precision=_HIGHEST), mu, H0, **options)
@@ -238,7 +256,7 @@ def _warm_start(h0, shape, dtype):
 
 
 def nnls_gram(G, C, mu=0.0, *, max_iter: int = 1000, tol: float | None = None, h0=None,
-              batch_size: int = 2048) -> NNLSResult:
+              batch_size: int = 2048, differentiation: str = "implicit") -> NNLSResult:
   """Sparse NNLS from the Gram form: argmin_{h >= 0} 0.5 h^T G h - c^T h + mu sum(h).
 
   For callers that already hold G = W^T W and C = V W (one row c = W^T v per sample).
@@ -251,6 +269,8 @@ def nnls_gram(G, C, mu=0.0, *, max_iter: int = 1000, tol: float | None = None, h
     tol: residual tolerance; None picks 1e-6 (float32) or 1e-10 (float64).
     h0: optional (..., d) warm start.
     batch_size: samples per chunk; each chunk stops when all of its samples converge.
+    differentiation: "implicit" (KKT conditions on the active set) or "unroll" (exactly
+      ``max_iter`` steps, ``tol`` unused, reverse mode through every step).
 
   Returns:
     ``NNLSResult`` with ``h`` (..., d), ``n_iter`` (...) and ``residual`` (...).
@@ -266,16 +286,17 @@ def nnls_gram(G, C, mu=0.0, *, max_iter: int = 1000, tol: float | None = None, h
                      f"and C {tuple(C.shape)}.")
   dtype = jnp.result_type(G, C)
   mu = _checks.check_penalty(mu, "mu").astype(dtype)
-  max_iter, tol, batch_size = _check_options(max_iter, tol, batch_size, dtype)
+  max_iter, tol, batch_size = _check_options(max_iter, tol, batch_size, dtype,
+                                             differentiation)
   _checks.check_finite(G, "G")
   _checks.check_finite(C, "C")
   H0 = _warm_start(h0, C.shape, dtype)
   return _nnls_gram_jit(G.astype(dtype), C.astype(dtype), mu, H0, max_iter=max_iter, tol=tol,
-                        batch_size=batch_size)
+                        batch_size=batch_size, differentiation=differentiation)
 
 
 def nnls(W, V, mu=0.0, *, max_iter: int = 1000, tol: float | None = None, h0=None,
-         batch_size: int = 2048) -> NNLSResult:
+         batch_size: int = 2048, differentiation: str = "implicit") -> NNLSResult:
   """Sparse NNLS: argmin_{h >= 0} 0.5 ||W h - v||^2 + mu sum(h) for every row v of V.
 
   W^T W is formed once per call and V W once per batch, then ``nnls_gram`` solves.
@@ -285,7 +306,7 @@ def nnls(W, V, mu=0.0, *, max_iter: int = 1000, tol: float | None = None, h0=Non
       (each sample is then coded on each dictionary, one dictionary at a time).
     V: (m,) or (..., m) samples as rows.
     mu: scalar L1 weight >= 0.
-    max_iter, tol, batch_size: as in ``nnls_gram``.
+    max_iter, tol, batch_size, differentiation: as in ``nnls_gram``.
     h0: optional warm start with the shape of the result.
 
   Returns:
@@ -311,7 +332,8 @@ def nnls(W, V, mu=0.0, *, max_iter: int = 1000, tol: float | None = None, h0=Non
   _checks.check_finite(V, "V")
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu, "mu").astype(dtype)
-  max_iter, tol, batch_size = _check_options(max_iter, tol, batch_size, dtype)
+  max_iter, tol, batch_size = _check_options(max_iter, tol, batch_size, dtype,
+                                             differentiation)
   H0 = _warm_start(h0, V.shape[:-1] + W.shape[:-2] + W.shape[-1:], dtype)
   return _nnls_jit(W.astype(dtype), V.astype(dtype), mu, H0, max_iter=max_iter, tol=tol,
-                   batch_size=batch_size)
+                   batch_size=batch_size, differentiation=differentiation)

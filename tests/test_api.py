@@ -10,7 +10,7 @@ POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nnls_init": 5, "nnls_step": 5, "nmf": 
               "codes": 2, "project": 2, "distance": 2, "log_likelihood": 3,
               "predict_proba": 3, "predict": 2, "score": 3, "save": 2, "load": 1,
               "features": 2, "anomaly_score": 2, "compress": 3, "kcones": 3,
-              "nnls_l1": 3, "reconstruct": 3, "separate": 2}
+              "nnls_l1": 3, "reconstruct": 3, "separate": 2, "finetune": 4}
 PUBLIC_FUNCTIONS = sorted(POSITIONAL)
 
 
