@@ -35,6 +35,13 @@ from conejax._nnls import nnls as nnls
 from conejax._nnls import nnls_gram as nnls_gram
 from conejax._nnls import step as nnls_step
 from conejax._nnls_l1 import nnls_l1 as nnls_l1
+from conejax._sharding import distance_sharded as distance_sharded
+from conejax._sharding import make_mesh as make_mesh
+from conejax._sharding import nmf_per_class_sharded as nmf_per_class_sharded
+from conejax._sharding import nmf_sharded as nmf_sharded
+from conejax._sharding import predict_sharded as predict_sharded
+from conejax._sharding import reconstruct_sharded as reconstruct_sharded
+from conejax._sharding import shard_samples as shard_samples
 from conejax._uses import anomaly_score as anomaly_score
 from conejax._uses import compress as compress
 from conejax._uses import features as features

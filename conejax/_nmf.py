@@ -53,12 +53,13 @@ def _normalise_atoms(W, H, mu_w, mu_h):
   return W / scale, H * scale
 
 
-def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner):
-  """The jittable core: runs outer steps until max_iter or a relative decrease < tol."""
-  update = _nmf_steps.UPDATES[method]
-  Ut = U.T
-  norm_u2 = jnp.sum(U**2)
-  inf = jnp.asarray(jnp.inf, U.dtype)
+def _iterate(step, W, H, norm_u2, *, max_iter, tol):
+  """Applies ``step(W, H) -> (W, H, objective)`` until max_iter or a relative decrease < tol.
+
+  Returns W, H, the objective history (max_iter,) and the number of steps taken. Its
+  scalars are built ``*_like(norm_u2)`` so that they keep its type under shard_map.
+  """
+  inf = jnp.full_like(norm_u2, jnp.inf)
 
   def cond(carry):
     _, _, it, previous, current, _ = carry
@@ -67,15 +68,27 @@ def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner):
 
   def body(carry):
     W, H, it, _, current, history = carry
-    W, H, A, B = _nmf_steps.outer_step(update, U, Ut, W, H, mu_w, mu_h, inner)
-    H = H * mask[:, None]
-    value = _nmf_steps.objective_from_stats(norm_u2, W, H, A, B, mu_w, mu_h)
+    W, H, value = step(W, H)
     return W, H, it + 1, current, value, history.at[it].set(value)
 
-  history = jnp.zeros((max_iter,), U.dtype)
+  history = jnp.zeros_like(norm_u2, shape=(max_iter,))
   carry = (W, H, jnp.zeros((), jnp.int32), inf, inf, history)
   W, H, n_iter, _, final, history = lax.while_loop(cond, body, carry)
-  history = jnp.where(jnp.arange(max_iter) < n_iter, history, final)
+  return W, H, jnp.where(jnp.arange(max_iter) < n_iter, history, final), n_iter
+
+
+def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner):
+  """The jittable core: runs outer steps until max_iter or a relative decrease < tol."""
+  update = _nmf_steps.UPDATES[method]
+  Ut = U.T
+  norm_u2 = jnp.sum(U**2)
+
+  def step(W, H):
+    W, H, A, B = _nmf_steps.outer_step(update, U, Ut, W, H, mu_w, mu_h, inner)
+    H = H * mask[:, None]
+    return W, H, _nmf_steps.objective_from_stats(norm_u2, W, H, A, B, mu_w, mu_h)
+
+  W, H, history, n_iter = _iterate(step, W, H, norm_u2, max_iter=max_iter, tol=tol)
   W, H = _normalise_atoms(W, H, mu_w, mu_h)
   return W, H, history, n_iter
 
@@ -126,6 +139,28 @@ def _check_options(rank, method, max_iter, tol, inner_iter, mu_w, mu_h, dtype):
   return rank, method, max_iter, tol, inner, mu_w, mu_h
 
 
+def _check_nmf(U, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h):
+  """``nmf``'s arguments checked: U, the options, and init with (W0, H0).
+
+  For a named init, returns its name and W0 = H0 = None; for a pair, None and the pair.
+  """
+  U = _check_data(U, "U")
+  options = _check_options(rank, method, max_iter, tol, inner_iter, mu_w, mu_h, U.dtype)
+  rank, (n, m) = options[0], U.shape
+  if rank > min(n, m):
+    raise ValueError(f"rank {rank} exceeds min(N, m) = {min(n, m)} for U of shape {(n, m)}; "
+                     "choose a smaller rank.")
+  if isinstance(init, str):
+    return U, options, _checks.check_choice(init, "init", _INITS), None, None
+  if len(init) != 2:
+    raise ValueError("init must be 'random', 'nndsvda', 'kmeans' or a pair (W0, H0).")
+  W0, H0 = (_check_data(x, name) for x, name in zip(init, ("W0", "H0")))
+  if W0.shape != (m, rank) or H0.shape != (n, rank):
+    raise ValueError(f"init arrays must have shapes W0 {(m, rank)} and H0 {(n, rank)}; got "
+                     f"{tuple(W0.shape)} and {tuple(H0.shape)}.")
+  return U, options, None, W0.astype(U.dtype), H0.astype(U.dtype)
+
+
 def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals",
         init="nndsvda", max_iter: int = 200, tol: float = 1e-5,
         inner_iter: int | None = None) -> NMFResult:
@@ -161,24 +196,11 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals
     >>> fit.W.shape, fit.H.shape
     ((20, 5), (100, 5))
   """
-  U = _check_data(U, "U")
-  rank, method, max_iter, tol, inner, mu_w, mu_h = _check_options(
-      rank, method, max_iter, tol, inner_iter, mu_w, mu_h, U.dtype)
-  n, m = U.shape
-  if rank > min(n, m):
-    raise ValueError(f"rank {rank} exceeds min(N, m) = {min(n, m)} for U of shape {(n, m)}; "
-                     "choose a smaller rank.")
-  if isinstance(init, str):
-    init = _checks.check_choice(init, "init", _INITS)
-    W0, H0 = jnp.zeros((m, rank), U.dtype), None
-  else:
-    if len(init) != 2:
-      raise ValueError("init must be 'random', 'nndsvda' or a pair (W0, H0).")
-    W0, H0 = (_check_data(x, name) for x, name in zip(init, ("W0", "H0")))
-    if W0.shape != (m, rank) or H0.shape != (n, rank):
-      raise ValueError(f"init arrays must have shapes W0 {(m, rank)} and H0 {(n, rank)}; got "
-                       f"{tuple(W0.shape)} and {tuple(H0.shape)}.")
-    W0, H0, init = W0.astype(U.dtype), H0.astype(U.dtype), None
+  U, options, init, W0, H0 = _check_nmf(U, rank, init, method, max_iter, tol, inner_iter,
+                                         mu_w, mu_h)
+  rank, method, max_iter, tol, inner, mu_w, mu_h = options
+  if init is not None:
+    W0 = jnp.zeros((U.shape[1], rank), U.dtype)
   W, H, history, n_iter = _nmf_jit(key, U, W0, H0, mu_w, mu_h, init=init, method=method,
                                    max_iter=max_iter, tol=tol, inner=inner)
   return NMFResult(W, H, history, n_iter)
