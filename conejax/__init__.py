@@ -42,6 +42,11 @@ from conejax._sharding import nmf_sharded as nmf_sharded
 from conejax._sharding import predict_sharded as predict_sharded
 from conejax._sharding import reconstruct_sharded as reconstruct_sharded
 from conejax._sharding import shard_samples as shard_samples
+from conejax._streaming import StreamingNMFResult as StreamingNMFResult
+from conejax._streaming import StreamingNMFState as StreamingNMFState
+from conejax._streaming import nmf_minibatch as nmf_minibatch
+from conejax._streaming import nmf_minibatch_init as nmf_minibatch_init
+from conejax._streaming import nmf_partial_fit as nmf_partial_fit
 from conejax._uses import anomaly_score as anomaly_score
 from conejax._uses import compress as compress
 from conejax._uses import features as features

@@ -12,7 +12,8 @@ POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nnls_init": 5, "nnls_step": 5, "nmf": 
               "features": 2, "anomaly_score": 2, "compress": 3, "kcones": 3,
               "nnls_l1": 3, "reconstruct": 3, "separate": 2, "finetune": 4,
               "make_mesh": 1, "shard_samples": 2, "nmf_sharded": 2, "nmf_per_class_sharded": 3,
-              "distance_sharded": 3, "predict_sharded": 3, "reconstruct_sharded": 4}
+              "distance_sharded": 3, "predict_sharded": 3, "reconstruct_sharded": 4,
+              "nmf_partial_fit": 2, "nmf_minibatch_init": 3, "nmf_minibatch": 2}
 PUBLIC_FUNCTIONS = sorted(POSITIONAL)
 
 
@@ -36,7 +37,7 @@ def test_options_are_keyword_only():
 
 def test_nmf_needs_an_explicit_key():
   for name in ["nmf", "nmf_per_class", "fit_cones", "kcones", "nmf_sharded",
-               "nmf_per_class_sharded", "finetune"]:
+               "nmf_per_class_sharded", "finetune", "nmf_minibatch"]:
     key = inspect.signature(getattr(conejax, name)).parameters["key"]
     assert key.kind is key.KEYWORD_ONLY and key.default is key.empty
 
