@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 import baselines  # noqa: E402  (experiments/ is the script's own folder)
+import finetune  # noqa: E402
 import inverse_problems  # noqa: E402
 
 # The configuration experiments/sweep_cones.py found best among plain cones.
@@ -199,6 +200,14 @@ def write_report(report, out):
     lines += ["## Inverse problems with the same cones", "",
               "`experiments/inverse_problems.py`: 500 test digits, every parameter tuned on "
               "held-out training digits; panels in `inverse_*.png`.", "", inverse.read_text(), ""]
+  tuned = out / "finetune.md"
+  if tuned.exists():
+    lines += ["## Fine-tuned cones", "",
+              "`experiments/finetune.py`: discriminative fine-tuning of the ten rank-64 class "
+              "cones against the 256-unit MLP trained in the same run on the same images, and "
+              "adversarial fine-tuning for the 0 + 1 separation. Curves: "
+              "![history](finetune_history.png) ![separation](finetune_separation.png)", "",
+              tuned.read_text(), ""]
   (out / "REPORT.md").write_text("\n".join(lines))
 
 
@@ -210,6 +219,8 @@ def main():
   parser.add_argument("--extra_ranks", default="128,256", help="more ranks, best config only")
   parser.add_argument("--skip_inverse", action="store_true",
                       help="leave out experiments/inverse_problems.py")
+  parser.add_argument("--skip_finetune", action="store_true",
+                      help="leave out experiments/finetune.py")
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +229,7 @@ def main():
   key = jax.random.key(0)
   report = dict(data=args.data or "embedded subset", n_train=len(y_train), n_test=len(y_test),
                 device=str(jax.devices()[0]))
-  steps = tqdm(total=7, desc="reproduce", unit="step")
+  steps = tqdm(total=8, desc="reproduce", unit="step")
   cones_all = bases(x_train, key, out, report)
   steps.update()
   zero_versus_one(x_train, y_train, x_test, y_test, key, report)
@@ -234,6 +245,9 @@ def main():
   steps.update()
   if not args.skip_inverse:
     inverse_problems.run(args.data, out)
+  steps.update()
+  if not args.skip_finetune:
+    finetune.run(args.data, out)
   steps.update()
   report["seconds"] = time.perf_counter() - start
   write_report(report, out)
