@@ -19,6 +19,7 @@ cones are kept and ``patience`` evaluations without improvement stop the run.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, NamedTuple
 
@@ -76,21 +77,16 @@ def squared_distances(W, X, mu_h, *, max_iter: int = 100, tol: float = 1e-3,
   return jnp.sum(residual**2, axis=-1)
 
 
-def cross_entropy_loss(D2, labels, temperature, tau):
+def cross_entropy_loss(D2, labels, temperature):
   """Mean cross entropy of softmax(-D2 / temperature), D2 (B, K), labels (B,) in [0, K)."""
-  del tau
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(-D2 / temperature, labels))
 
 
-def adversarial_loss(D2, labels, temperature, tau):
+def adversarial_loss(D2, labels, tau):
   """Sum over cones k of mean_{y = k} D_k^2 - tau mean_{y != k} D_k^2; D2 (B, K)."""
-  del temperature
   own = jax.nn.one_hot(labels, D2.shape[1], dtype=D2.dtype)
   mean = lambda weights: jnp.sum(weights * D2, 0) / jnp.maximum(jnp.sum(weights, 0), 1)
   return jnp.sum(mean(own) - tau * mean(1 - own))
-
-
-_LOSSES = {"cross_entropy": cross_entropy_loss, "adversarial": adversarial_loss}
 
 
 def project_dictionaries(W: jax.Array) -> jax.Array:
@@ -112,11 +108,12 @@ def _label_indices(cones, y, n):
   return np.array([lookup[label] for label in y.tolist()], np.int32)
 
 
-def _split(key, X, labels, validation):
+def _split(key, cones, X, labels, validation):
   """(X_train, labels_train, X_val, labels_val) from a fraction or an explicit pair."""
-  if isinstance(validation, tuple):
-    return X, labels, validation[0], validation[1]
-  if not 0 < validation < 1:
+  if isinstance(validation, tuple) and len(validation) == 2:
+    X_val = _cone._check_samples(cones, validation[0])
+    return X, labels, X_val, _label_indices(cones, validation[1], X_val.shape[0])
+  if isinstance(validation, tuple) or not 0 < validation < 1:
     raise ValueError(f"validation must be a fraction in (0, 1) or a pair (X_val, y_val); "
                      f"got {validation!r}.")
   order = np.asarray(jax.random.permutation(key, X.shape[0]))
@@ -177,23 +174,20 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   _checks.check_ndim(X, "X", (2,), "(N, m), samples as rows")
   labels = _label_indices(cones, y, X.shape[0])
   split_key, batch_key = jax.random.split(key)
-  if isinstance(validation, tuple):
-    if len(validation) != 2:
-      raise ValueError("validation must be a fraction or a pair (X_val, y_val).")
-    X_val = _cone._check_samples(cones, validation[0])
-    validation = (X_val, _label_indices(cones, validation[1], X_val.shape[0]))
-  X, labels, X_val, labels_val = _split(split_key, X, labels, validation)
+  X, labels, X_val, labels_val = _split(split_key, cones, X, labels, validation)
   labels = jnp.asarray(labels)
   if X.shape[0] < batch_size:
     raise ValueError(f"batch_size {batch_size} exceeds the {X.shape[0]} training samples "
                      "left after the validation split; lower batch_size.")
-  loss_fn = _LOSSES[objective]
   options = dict(max_iter=max_iter, tol=tol, differentiation=differentiation)
-  temperature = jnp.asarray(temperature, X.dtype)
+  if objective == "cross_entropy":
+    loss_fn = functools.partial(cross_entropy_loss,
+                                temperature=jnp.asarray(temperature, X.dtype))
+  else:
+    loss_fn = functools.partial(adversarial_loss, tau=tau)
 
   def batch_loss(W, X_batch, labels_batch):
-    D2 = squared_distances(W, X_batch, cones.mu_h, **options)
-    return loss_fn(D2, labels_batch, temperature, tau)
+    return loss_fn(squared_distances(W, X_batch, cones.mu_h, **options), labels_batch)
 
   @jax.jit
   def train_step(W, opt_state, X, labels, index):
@@ -204,7 +198,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   def evaluate(W):
     tuned = _cone.Cones(W, cones.mu_h, cones.classes, cones.settings)
     D2 = _cone.distance(tuned, X_val, max_iter=max_iter, tol=tol) ** 2
-    val_loss = float(loss_fn(D2, labels_val, temperature, tau))
+    val_loss = float(loss_fn(D2, labels_val))
     if score is not None:
       return val_loss, float(score(tuned))
     return val_loss, float(np.mean(np.asarray(jnp.argmin(D2, -1)) == np.asarray(labels_val)))

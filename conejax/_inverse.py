@@ -65,7 +65,6 @@ def _misfit(residual, loss):
 def _solve_shared(B, V, mu, loss, options):
   """Codes V (n, k) on one (k, d) dictionary B shared by every sample."""
   if loss == "l1":
-    options = {k: v for k, v in options.items() if k != "differentiation"}
     return _nnls_l1.solve(B, V, mu, **options).h
   G = jnp.dot(B.T, B, precision=_HIGHEST)
   return _nnls._nnls_gram_jit(G, jnp.dot(V, B, precision=_HIGHEST), mu, jnp.zeros(
@@ -102,9 +101,7 @@ def _solve_per_sample(A, W, V, mu, loss, options, chunk):
     lipschitz = _lipschitz_estimate(gram, C.shape, C.dtype)
     H0 = jnp.zeros_like(C)
     if options["differentiation"] == "unroll":
-      state = _nnls.init(gram, C, mu, H0, lipschitz)
-      step = lambda _, s: _nnls.step(s, gram, C, mu)
-      return lax.fori_loop(0, options["max_iter"], step, state).h
+      return _nnls._solve_unrolled(gram, C, mu, H0, lipschitz, options["max_iter"])[0]
     return _nnls._solve_chunk(gram, C, mu, H0, lipschitz, options["max_iter"],
                               options["tol"])[0]
   one = dict(options, batch_size=1)
@@ -224,10 +221,11 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   tol = default(dtype) if tol is None else _checks.check_tol(tol)
   differentiation = _checks.check_choice(differentiation, "differentiation",
                                          _nnls.DIFFERENTIATIONS)
-  options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size,
-                 differentiation=differentiation)
+  options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size)
   if loss == "l1":
     options["precondition"] = True
+  else:
+    options["differentiation"] = differentiation
   out = _reconstruct(W.astype(dtype), V.astype(dtype), A, mu, loss=loss, select=select,
                      per_sample=bool(per_sample_operator),
                      options=tuple(sorted(options.items())),

@@ -224,6 +224,18 @@ def _group_by_class(y, rank):
   return classes, index, mask
 
 
+def _check_per_class(X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h):
+  """``nmf_per_class``'s arguments checked; returns X, the options, init and the grouping."""
+  X = _check_data(X, "X")
+  options = _check_options(rank, method, max_iter, tol, inner_iter, mu_w, mu_h, X.dtype)
+  init = _checks.check_choice(init, "init", _INITS)
+  if len(np.asarray(y)) != X.shape[0]:
+    raise ValueError(f"y has {len(np.asarray(y))} labels but X has {X.shape[0]} rows.")
+  if options[0] > X.shape[1]:
+    raise ValueError(f"rank {options[0]} exceeds the number of features m = {X.shape[1]}.")
+  return X, options, init, _group_by_class(y, options[0])
+
+
 def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
                   method: str = "hals", init: str = "nndsvda", max_iter: int = 200,
                   tol: float = 1e-5, inner_iter: int | None = None,
@@ -251,16 +263,10 @@ def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
     ValueError: as ``nmf``, plus labels that are not 1-D or do not match X, or a class
       with fewer samples than ``rank``.
   """
-  X = _check_data(X, "X")
-  rank, method, max_iter, tol, inner, mu_w, mu_h = _check_options(
-      rank, method, max_iter, tol, inner_iter, mu_w, mu_h, X.dtype)
-  init = _checks.check_choice(init, "init", _INITS)
+  X, options, init, (classes, index, mask) = _check_per_class(
+      X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h)
+  rank, method, max_iter, tol, inner, mu_w, mu_h = options
   class_batch_size = _checks.check_positive_int(class_batch_size, "class_batch_size")
-  if len(np.asarray(y)) != X.shape[0]:
-    raise ValueError(f"y has {len(np.asarray(y))} labels but X has {X.shape[0]} rows.")
-  if rank > X.shape[1]:
-    raise ValueError(f"rank {rank} exceeds the number of features m = {X.shape[1]}.")
-  classes, index, mask = _group_by_class(y, rank)
   U = X[index] * jnp.asarray(mask, X.dtype)[..., None]
   keys = jax.random.split(key, len(classes))
   W, H, history, n_iter = _nmf_per_class_jit(

@@ -198,9 +198,9 @@ def _solve_bwd(max_iter, tol, batch_size, residuals, cotangents):
 _solve.defvjp(_solve_fwd, _solve_bwd)
 
 
-def _solve_unrolled(G, C, mu, H0, n_steps):
+def _solve_unrolled(G, C, mu, H0, lipschitz, n_steps):
   """Exactly ``n_steps`` steps from H0, differentiable step by step (and through 1/L)."""
-  state = init(G, C, mu, H0, lipschitz_constant(G))
+  state = init(G, C, mu, H0, lipschitz)
   state = lax.fori_loop(0, n_steps, lambda _, s: step(s, G, C, mu), state)
   return state.h, state.iter_num, state.error
 
@@ -223,7 +223,8 @@ _STATIC = ("max_iter", "tol", "batch_size", "differentiation")
 def _nnls_gram_jit(G, C, mu, H0, *, max_iter, tol, batch_size, differentiation="implicit"):
   batch_shape, d = C.shape[:-1], C.shape[-1]
   if differentiation == "unroll":
-    h, n_iter, residual = _solve_unrolled(G, C.reshape(-1, d), mu, H0.reshape(-1, d), max_iter)
+    h, n_iter, residual = _solve_unrolled(G, C.reshape(-1, d), mu, H0.reshape(-1, d),
+                                          lipschitz_constant(G), max_iter)
   else:
     h, n_iter, residual = _solve(G, C.reshape(-1, d), mu, H0.reshape(-1, d), max_iter, tol,
                                  batch_size)

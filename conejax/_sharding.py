@@ -42,15 +42,11 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from conejax import _checks, _cone, _inverse, _nmf, _nmf_init, _nmf_steps
+from conejax._nmf_steps import _dot
 
 AXES = ("classes", "data")
 _METHODS = ("mu", "hals")
 _ROWS, _CLASS_ROWS = P("data"), P("classes", "data")
-_HIGHEST = lax.Precision.HIGHEST
-
-
-def _dot(a, b):
-  return jnp.dot(a, b, precision=_HIGHEST)
 
 
 def make_mesh(n_data: int | None = None, *, n_classes: int = 1, devices=None) -> Mesh:
@@ -232,16 +228,10 @@ def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0
     ValueError: as ``conejax.nmf_per_class``, plus a mesh without ("classes", "data") axes.
   """
   n_classes, n_data = _check_mesh(mesh)
-  X = _nmf._check_data(X, "X")
   method = _check_method(method)
-  rank, method, max_iter, tol, inner, mu_w, mu_h = _nmf._check_options(
-      rank, method, max_iter, tol, inner_iter, mu_w, mu_h, X.dtype)
-  init = _checks.check_choice(init, "init", _nmf._INITS)
-  if len(np.asarray(y)) != X.shape[0]:
-    raise ValueError(f"y has {len(np.asarray(y))} labels but X has {X.shape[0]} rows.")
-  if rank > X.shape[1]:
-    raise ValueError(f"rank {rank} exceeds the number of features m = {X.shape[1]}.")
-  classes, index, mask = _nmf._group_by_class(y, rank)
+  X, options, init, (classes, index, mask) = _nmf._check_per_class(
+      X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h)
+  rank, method, max_iter, tol, inner, mu_w, mu_h = options
   K = len(classes)
   index, mask = (np.pad(x, [(0, -K % n_classes), (0, 0)], mode="edge") for x in (index, mask))
   keys = jax.random.split(key, K)

@@ -36,14 +36,14 @@ def test_cross_entropy_loss_is_the_softmax_cross_entropy():
   D2, labels = rng.random((7, 3)) * 5, rng.integers(0, 3, 7)
   logits = -D2 / 2.0
   expected = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(7), labels])
-  np.testing.assert_allclose(_finetune.cross_entropy_loss(D2, labels, 2.0, 0.0), expected)
+  np.testing.assert_allclose(_finetune.cross_entropy_loss(D2, labels, 2.0), expected)
 
 
 def test_adversarial_loss_is_own_minus_tau_times_others():
   rng = np.random.default_rng(2)
   D2, labels = rng.random((9, 3)), np.array([0, 0, 1, 1, 1, 2, 0, 2, 1])
   expected = sum(D2[labels == k, k].mean() - 0.3 * D2[labels != k, k].mean() for k in range(3))
-  np.testing.assert_allclose(_finetune.adversarial_loss(D2, labels, 1.0, 0.3), expected)
+  np.testing.assert_allclose(_finetune.adversarial_loss(D2, labels, 0.3), expected)
 
 
 def test_project_dictionaries_keeps_zero_atoms_and_normalises_the_rest():
@@ -63,7 +63,7 @@ def test_one_step_is_a_projected_optax_step_on_the_full_batch():
                          progress=False)
   loss = lambda W: _finetune.cross_entropy_loss(
       _finetune.squared_distances(W, jnp.asarray(X), cones.mu_h, tol=1e-12, max_iter=5000),
-      jnp.asarray(y), 1.0, 0.0)
+      jnp.asarray(y), 1.0)
   expected = _finetune.project_dictionaries(cones.W - 0.05 * jax.grad(loss)(cones.W))
   np.testing.assert_allclose(out.cones.W, expected, rtol=1e-6, atol=1e-9)
   assert out.best_step == 1 and list(out.history.step) == [0, 1]
