@@ -19,6 +19,7 @@ from conejax._cone import score as score
 from conejax._finetune import FinetuneHistory as FinetuneHistory
 from conejax._finetune import FinetuneResult as FinetuneResult
 from conejax._finetune import finetune as finetune
+from conejax._finetune import random_shift as random_shift
 from conejax._inverse import Reconstruction as Reconstruction
 from conejax._inverse import reconstruct as reconstruct
 from conejax._inverse import separate as separate

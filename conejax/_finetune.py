@@ -89,6 +89,35 @@ def adversarial_loss(D2, labels, tau):
   return jnp.sum(mean(own) - tau * mean(1 - own))
 
 
+def random_shift(key: jax.Array, X: jax.Array, image_shape: tuple[int, int], *,
+                 max_shift: int = 2) -> jax.Array:
+  """Translates every image of X (B, m) by its own random offset, zeros filling in.
+
+  Offsets are drawn uniformly from {-max_shift, ..., max_shift} in each direction; use as
+  ``augment=functools.partial(random_shift, image_shape=(28, 28))`` in ``finetune``.
+
+  Args:
+    key: PRNG key.
+    X: (B, m) images flattened row-major, m = prod(image_shape).
+    image_shape: (rows, columns).
+    max_shift: largest offset in pixels.
+
+  Returns:
+    (B, m) translated images.
+  """
+  rows, cols = image_shape
+  if X.ndim != 2 or X.shape[1] != rows * cols:
+    raise ValueError(f"X must be (B, {rows * cols}) for images of shape {image_shape}; "
+                     f"got {X.shape}.")
+  pad = int(max_shift)
+  if pad < 0:
+    raise ValueError(f"max_shift must be >= 0; got {max_shift}.")
+  offsets = jax.random.randint(key, (X.shape[0], 2), 0, 2 * pad + 1)
+  padded = jnp.pad(X.reshape(-1, rows, cols), ((0, 0), (pad, pad), (pad, pad)))
+  crop = lambda image, offset: lax.dynamic_slice(image, (offset[0], offset[1]), (rows, cols))
+  return jax.vmap(crop)(padded, offsets).reshape(X.shape)
+
+
 def project_dictionaries(W: jax.Array) -> jax.Array:
   """Back onto the constraint set: W >= 0 with unit-norm atoms (zero atoms stay zero)."""
   W = jnp.maximum(W, 0)
@@ -128,6 +157,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
              validation=0.1, eval_every: int = 100, patience: int | None = None,
              score: Callable[[_cone.Cones], float] | None = None, max_iter: int = 100,
              tol: float = 1e-3, differentiation: str = "implicit",
+             augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
              progress: bool = True) -> FinetuneResult:
   """Fine-tunes all class dictionaries at once with an optax optimiser.
 
@@ -150,6 +180,9 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
       None uses the validation accuracy of ``predict``.
     max_iter, tol: NNLS iteration cap and tolerance of each training step's codes.
     differentiation: "implicit" or "unroll" (``max_iter`` steps), as in ``conejax.nnls``.
+    augment: optional jit-compatible ``augment(key, X_batch) -> X_batch`` applied to each
+      training batch (B, m) with a fresh key per step, e.g. ``random_shift``; it must keep
+      the shape and non-negativity. The validation split is never augmented.
     progress: show a tqdm progress bar.
 
   Returns:
@@ -174,6 +207,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   _checks.check_ndim(X, "X", (2,), "(N, m), samples as rows")
   labels = _label_indices(cones, y, X.shape[0])
   split_key, batch_key = jax.random.split(key)
+  augment_key = jax.random.fold_in(split_key, 1)
   X, labels, X_val, labels_val = _split(split_key, cones, X, labels, validation)
   labels = jnp.asarray(labels)
   if X.shape[0] < batch_size:
@@ -190,8 +224,9 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     return loss_fn(squared_distances(W, X_batch, cones.mu_h, **options), labels_batch)
 
   @jax.jit
-  def train_step(W, opt_state, X, labels, index):
-    loss, grad = jax.value_and_grad(batch_loss)(W, X[index], labels[index])
+  def train_step(W, opt_state, X, labels, index, step_key):
+    X_batch = X[index] if augment is None else augment(step_key, X[index])
+    loss, grad = jax.value_and_grad(batch_loss)(W, X_batch, labels[index])
     updates, opt_state = optimizer.update(grad, opt_state, W)
     return project_dictionaries(optax.apply_updates(W, updates)), opt_state, loss
 
@@ -218,7 +253,8 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
       batch_key, subkey = jax.random.split(batch_key)
       order = jax.random.permutation(subkey, X.shape[0])
     position = (step - 1) % per_epoch * batch_size
-    W, opt_state, loss = train_step(W, opt_state, X, labels, order[position:position + batch_size])
+    W, opt_state, loss = train_step(W, opt_state, X, labels, order[position:position + batch_size],
+                                    jax.random.fold_in(augment_key, step))
     losses.append(loss)
     if step % eval_every and step != steps:
       continue

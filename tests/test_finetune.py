@@ -124,3 +124,56 @@ def test_bad_inputs_give_clear_errors(kwargs, message):
   arguments = dict(y=y, steps=1, key=jax.random.key(0), progress=False) | kwargs
   with pytest.raises(ValueError, match=message):
     conejax.finetune(cones, X, arguments.pop("y"), optax.sgd(0.1), **arguments)
+
+
+def test_augment_transforms_each_training_batch_before_the_step():
+  cones, X, y, _ = _two_classes()
+  counter = itertools.count()
+  out = conejax.finetune(cones, X, y, optax.sgd(0.05), steps=1, key=jax.random.key(0),
+                         batch_size=len(y), validation=(X[:4], y[:4]), eval_every=1,
+                         score=lambda c: next(counter), tol=1e-12, max_iter=5000,
+                         augment=lambda key, batch: 0.5 * batch, progress=False)
+  loss = lambda W: _finetune.cross_entropy_loss(
+      _finetune.squared_distances(W, 0.5 * jnp.asarray(X), cones.mu_h, tol=1e-12,
+                                  max_iter=5000), jnp.asarray(y), 1.0)
+  expected = _finetune.project_dictionaries(cones.W - 0.05 * jax.grad(loss)(cones.W))
+  np.testing.assert_allclose(out.cones.W, expected, rtol=1e-6, atol=1e-9)
+
+
+def _translated(image, dr, dc):
+  """image shifted down by dr and right by dc, zeros filling in (numpy reference)."""
+  out = np.zeros_like(image)
+  rows, cols = image.shape
+  out[max(dr, 0):rows + min(dr, 0), max(dc, 0):cols + min(dc, 0)] = \
+      image[max(-dr, 0):rows + min(-dr, 0), max(-dc, 0):cols + min(-dc, 0)]
+  return out
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_random_shift_translates_each_image_by_one_of_the_allowed_offsets(jit):
+  rng = np.random.default_rng(5)
+  images = rng.permutation(400 * 6 * 7).reshape(400, 6, 7).astype(np.float64) + 1
+  shift = conejax.random_shift
+  if jit:
+    shift = jax.jit(shift, static_argnames=("image_shape", "max_shift"))
+  out = np.asarray(shift(jax.random.key(3), jnp.asarray(images.reshape(400, 42)),
+                         image_shape=(6, 7), max_shift=2))
+  seen = set()
+  for image, result in zip(images, out.reshape(400, 6, 7)):
+    matches = [(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)
+               if np.array_equal(_translated(image, dr, dc), result)]
+    assert len(matches) == 1
+    seen.add(matches[0])
+  assert len(seen) == 25  # every offset in {-2..2}^2 is drawn
+  np.testing.assert_array_equal(conejax.random_shift(jax.random.key(0), images.reshape(400, 42),
+                                                     (6, 7), max_shift=0),
+                                images.reshape(400, 42))
+
+
+@pytest.mark.parametrize("X, max_shift, message", [
+    (np.ones((3, 40)), 1, "images of shape"),
+    (np.ones((3, 42)), -1, "max_shift"),
+])
+def test_random_shift_bad_inputs_give_clear_errors(X, max_shift, message):
+  with pytest.raises(ValueError, match=message):
+    conejax.random_shift(jax.random.key(0), jnp.asarray(X), (6, 7), max_shift=max_shift)
