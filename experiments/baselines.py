@@ -12,8 +12,11 @@ import numpy as np
 import optax
 
 
-def _train(params, apply, X, y, *, key, epochs, batch_size, learning_rate):
-  """Adam on the cross entropy, one ``lax.scan`` over the minibatches of an epoch."""
+def _train(params, apply, X, y, *, key, epochs, batch_size, learning_rate, augment=None):
+  """Adam on the cross entropy, one ``lax.scan`` over the minibatches of an epoch.
+
+  ``augment(key, batch) -> batch`` (e.g. ``conejax.random_shift``) transforms each batch.
+  """
   optimizer = optax.adam(learning_rate)
   n_batches = len(X) // batch_size
   X, y = jnp.asarray(X), jnp.asarray(y, jnp.int32)
@@ -26,13 +29,15 @@ def _train(params, apply, X, y, *, key, epochs, batch_size, learning_rate):
     order = jax.random.permutation(key, len(X))[: n_batches * batch_size]
     batches = order.reshape(n_batches, batch_size)
 
-    def step(carry, index):
+    def step(carry, xs):
       params, state = carry
-      grads = jax.grad(loss)(params, X[index], y[index])
+      index, i = xs
+      xb = X[index] if augment is None else augment(jax.random.fold_in(key, i), X[index])
+      grads = jax.grad(loss)(params, xb, y[index])
       updates, state = optimizer.update(grads, state, params)
       return (optax.apply_updates(params, updates), state), None
 
-    (params, state), _ = jax.lax.scan(step, (params, state), batches)
+    (params, state), _ = jax.lax.scan(step, (params, state), (batches, jnp.arange(n_batches)))
     return params, state
 
   state = optimizer.init(params)
@@ -51,15 +56,16 @@ def fit_logistic(X, y, *, key, epochs=15, batch_size=128, learning_rate=1e-3):
   return lambda X: np.asarray(jnp.argmax(apply(params, jnp.asarray(X)), axis=1))
 
 
-def fit_mlp(X, y, *, key, hidden=256, epochs=15, batch_size=128, learning_rate=1e-3):
-  """One hidden ReLU layer of ``hidden`` units, He initialisation."""
+def fit_mlp(X, y, *, key, hidden=256, epochs=15, batch_size=128, learning_rate=1e-3,
+            augment=None):
+  """One hidden ReLU layer of ``hidden`` units, He initialisation; optional augmentation."""
   k1, k2, k3 = jax.random.split(key, 3)
   m = X.shape[1]
   params = (jax.random.normal(k1, (m, hidden)) * jnp.sqrt(2 / m), jnp.zeros(hidden),
             jax.random.normal(k2, (hidden, 10)) * jnp.sqrt(2 / hidden), jnp.zeros(10))
   apply = lambda p, x: jax.nn.relu(x @ p[0] + p[1]) @ p[2] + p[3]
   params = _train(params, apply, X, y, key=k3, epochs=epochs, batch_size=batch_size,
-                  learning_rate=learning_rate)
+                  learning_rate=learning_rate, augment=augment)
   return lambda X: np.asarray(jnp.argmax(apply(params, jnp.asarray(X)), axis=1))
 
 
