@@ -90,7 +90,7 @@ def adversarial_loss(D2, labels, tau):
 
 
 def random_shift(key: jax.Array, X: jax.Array, image_shape: tuple[int, int], *,
-                 max_shift: int = 2) -> jax.Array:
+                 max_shift: int = 1) -> jax.Array:
   """Translates every image of X (B, m) by its own random offset, zeros filling in.
 
   Offsets are drawn uniformly from {-max_shift, ..., max_shift} in each direction; use as
@@ -100,7 +100,7 @@ def random_shift(key: jax.Array, X: jax.Array, image_shape: tuple[int, int], *,
     key: PRNG key.
     X: (B, m) images flattened row-major, m = prod(image_shape).
     image_shape: (rows, columns).
-    max_shift: largest offset in pixels.
+    max_shift: largest offset in pixels (1 fine-tuned MNIST cones best; see the README).
 
   Returns:
     (B, m) translated images.
