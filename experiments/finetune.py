@@ -20,6 +20,7 @@ Writes results/finetune.md, finetune.json, finetune_history.png and finetune_sep
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import time
@@ -40,8 +41,11 @@ import baselines  # noqa: E402  (experiments/ is the script's own folder)
 # Steps are counted in epochs so that the embedded subset (1000 images per digit) and the full
 # data set (about 6000) get the same number of passes; validation is 1/12 of the training
 # images (5000 of the 60000).
-CLASSIFY = dict(rank=64, epochs=9, learning_rate=3e-3, temperature=1.0, batch_size=256,
-                val_fraction=1 / 12, n_evals=8)
+# Fine-tuning overfits without augmentation (training loss 0.003, validation flat at 0.07):
+# each batch is translated by up to one pixel (conejax.random_shift); the MLP is trained
+# both plain and with the same shifts.
+CLASSIFY = dict(rank=64, epochs=11, learning_rate=3e-3, temperature=1.0, batch_size=256,
+                val_fraction=1 / 12, n_evals=10, max_shift=1)
 SEPARATE = dict(ranks=(64, 112), epochs=15, learning_rate=1e-3, tau=0.1, batch_size=256,
                 val_fraction=1 / 12, n_evals=12, n_mixtures=1000)
 
@@ -75,18 +79,27 @@ def ten_digits(x_train, y_train, x_test, y_test, key, config):
   fit_s = time.perf_counter() - start
   steps, eval_every = _steps(len(y), config)
   schedule = optax.cosine_decay_schedule(config["learning_rate"], steps)
+  shift = functools.partial(conejax.random_shift, image_shape=(28, 28),
+                            max_shift=config["max_shift"])
   tuned = conejax.finetune(cones, X, y, optax.adam(schedule), steps=steps, key=key,
                            temperature=config["temperature"], batch_size=config["batch_size"],
-                           validation=(x_train[val], y_train[val]), eval_every=eval_every)
+                           validation=(x_train[val], y_train[val]), eval_every=eval_every,
+                           augment=shift)
   start = time.perf_counter()
   mlp = baselines.fit_mlp(X, y, key=key)
   mlp_s = time.perf_counter() - start
+  start = time.perf_counter()
+  mlp_shifted = baselines.fit_mlp(X, y, key=key, augment=shift)
+  mlp_shifted_s = time.perf_counter() - start
   rows = [dict(model=f"cones, rank {config['rank']} (fit_cones defaults)",
                accuracy=conejax.score(cones, x_test, y_test), seconds=fit_s),
-          dict(model=f"cones, rank {config['rank']}, fine-tuned ({tuned.best_step} Adam steps)",
+          dict(model=f"cones, rank {config['rank']}, fine-tuned ({tuned.best_step} Adam steps, "
+                     f"shifts up to {config['max_shift']} px)",
                accuracy=conejax.score(tuned.cones, x_test, y_test), seconds=tuned.seconds),
           dict(model="MLP, 256 hidden units (JAX, optax)",
-               accuracy=float(np.mean(mlp(x_test) == y_test)), seconds=mlp_s)]
+               accuracy=float(np.mean(mlp(x_test) == y_test)), seconds=mlp_s),
+          dict(model=f"MLP, 256 hidden units, shifts up to {config['max_shift']} px",
+               accuracy=float(np.mean(mlp_shifted(x_test) == y_test)), seconds=mlp_shifted_s)]
   return rows, tuned.history
 
 
