@@ -118,6 +118,19 @@ def random_shift(key: jax.Array, X: jax.Array, image_shape: tuple[int, int], *,
   return jax.vmap(crop)(padded, offsets).reshape(X.shape)
 
 
+def _check_augment(augment, key, batch):
+  """augment must map (key, batch (B, m)) to a batch of the same shape and dtype."""
+  if not callable(augment):
+    raise ValueError(f"augment must be a function (key, batch) -> batch; got "
+                     f"{type(augment).__name__}.")
+  out = jax.eval_shape(augment, key, batch)
+  if getattr(out, "shape", None) != batch.shape or getattr(out, "dtype", None) != batch.dtype:
+    raise ValueError(f"augment must return a batch of the shape and dtype it is given "
+                     f"({batch.shape}, {batch.dtype}); got {getattr(out, 'shape', out)}, "
+                     f"{getattr(out, 'dtype', '')}. For images, pass image_shape to "
+                     "random_shift with functools.partial.")
+
+
 def project_dictionaries(W: jax.Array) -> jax.Array:
   """Back onto the constraint set: W >= 0 with unit-norm atoms (zero atoms stay zero)."""
   W = jnp.maximum(W, 0)
@@ -213,6 +226,8 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   if X.shape[0] < batch_size:
     raise ValueError(f"batch_size {batch_size} exceeds the {X.shape[0]} training samples "
                      "left after the validation split; lower batch_size.")
+  if augment is not None:
+    _check_augment(augment, augment_key, X[:batch_size])
   options = dict(max_iter=max_iter, tol=tol, differentiation=differentiation)
   if objective == "cross_entropy":
     loss_fn = functools.partial(cross_entropy_loss,

@@ -118,6 +118,10 @@ def test_patience_stops_after_evaluations_without_improvement():
     (dict(tau=-1.0), "tau"),
     (dict(objective="hinge"), "objective"),
     (dict(y=np.zeros(3)), "one label per row"),
+    (dict(augment="shift", batch_size=8), "augment must be a function"),
+    (dict(augment=lambda key, batch: batch[:, :-1], batch_size=8), "shape and dtype"),
+    (dict(augment=lambda key, batch: batch.astype(jnp.float16), batch_size=8),
+     "shape and dtype"),
 ])
 def test_bad_inputs_give_clear_errors(kwargs, message):
   cones, X, y, _ = _two_classes()
