@@ -38,6 +38,10 @@ MU_GRID = (0.0, 0.1, 0.3, 1.0)
 # Images need only a few digits: every conejax solve stops at this KKT residual (the
 # library's default is 1e-6 in float32, 1e-4 for the L1 fit).
 SOLVER = dict(tol=1e-3, max_iter=500)
+# The L1 fit's duality-gap tolerance is stricter than images need: on 10% salt-and-pepper
+# (640-atom union, keep 0.5) the PSNR is 25.30 dB after 100 iterations, 25.29 after 500 and
+# 25.32 after 2000, at 12x the time, so the L1 fits stop at 100.
+SOLVER_L1 = dict(tol=1e-3, max_iter=100)
 # The exemplar cone (atoms: training digits themselves) fills large holes best; it is costly
 # (d = 10000) and loses to the trained cones elsewhere, so it runs on inpainting only.
 EXEMPLARS = 1000
@@ -207,8 +211,9 @@ def cone_estimate(dictionary, obs, mu_h, loss, select):
   if "response" in obs:
     A = operators.fourier_filter(obs["response"], SHAPE)
     v = operators.apply(A, v)
+  solver = SOLVER_L1 if loss == "l1" else SOLVER
   return np.asarray(conejax.reconstruct(dictionary, v, A, mu_h=mu_h, loss=loss, select=select,
-                                        **SOLVER).u)
+                                        **solver).u)
 
 
 def map_blend(obs, u, alpha):
