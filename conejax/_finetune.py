@@ -110,8 +110,8 @@ def random_shift(key: jax.Array, X: jax.Array, image_shape: tuple[int, int], *,
     raise ValueError(f"X must be (B, {rows * cols}) for images of shape {image_shape}; "
                      f"got {X.shape}.")
   pad = int(max_shift)
-  if pad < 0:
-    raise ValueError(f"max_shift must be >= 0; got {max_shift}.")
+  if pad != max_shift or pad < 0:
+    raise ValueError(f"max_shift must be a whole number of pixels >= 0; got {max_shift}.")
   offsets = jax.random.randint(key, (X.shape[0], 2), 0, 2 * pad + 1)
   padded = jnp.pad(X.reshape(-1, rows, cols), ((0, 0), (pad, pad), (pad, pad)))
   crop = lambda image, offset: lax.dynamic_slice(image, (offset[0], offset[1]), (rows, cols))
@@ -239,8 +239,9 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     return loss_fn(squared_distances(W, X_batch, cones.mu_h, **options), labels_batch)
 
   @jax.jit
-  def train_step(W, opt_state, X, labels, index, step_key):
-    X_batch = X[index] if augment is None else augment(step_key, X[index])
+  def train_step(W, opt_state, X, labels, index, step):
+    X_batch = X[index] if augment is None else augment(
+        jax.random.fold_in(augment_key, step), X[index])
     loss, grad = jax.value_and_grad(batch_loss)(W, X_batch, labels[index])
     updates, opt_state = optimizer.update(grad, opt_state, W)
     return project_dictionaries(optax.apply_updates(W, updates)), opt_state, loss
@@ -269,7 +270,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
       order = jax.random.permutation(subkey, X.shape[0])
     position = (step - 1) % per_epoch * batch_size
     W, opt_state, loss = train_step(W, opt_state, X, labels, order[position:position + batch_size],
-                                    jax.random.fold_in(augment_key, step))
+                                    step)
     losses.append(loss)
     if step % eval_every and step != steps:
       continue

@@ -22,7 +22,6 @@ import time
 import jax
 import numpy as np
 
-import conejax  # noqa: F401  (imported before the experiment module, which needs it)
 from conejax.data import load_mnist
 
 import inverse_problems as inv  # noqa: E402  (experiments/ is the script's own folder)
@@ -45,12 +44,9 @@ def bench(data, results, ranks, n_test=500, n_val=100, repeats=3):
   x_train, y_train, x_test, _ = load_mnist(data)
   rows = json.loads((results / "inverse_problems.json").read_text())["rows"]
   U_test = x_test[:n_test].astype(np.float64)
-  per_class = np.concatenate([np.flatnonzero(y_train[:-n_val] == c)[:5000] for c in range(10)])
   table = []
   for rank in ranks:
-    cones = conejax.fit_cones(x_train[per_class], y_train[per_class], rank, key=jax.random.key(0),
-                              init="nndsvda", max_iter=200, tol=0)
-    label = f"union of ten rank-{rank} class cones ({10 * rank} atoms)"
+    label, cones = inv.class_union(x_train, y_train, n_val, rank, jax.random.key(0))
     for i, (task, level, degrade, _, loss, refinement) in enumerate(inv.TASKS):
       mu, p, reported = _tuned(rows, task, level, label)
       refine = inv.REFINEMENTS[refinement][0]

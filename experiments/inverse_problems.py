@@ -202,16 +202,16 @@ def bicubic(obs, _):
 def cone_estimate(dictionary, obs, mu_h, loss, select):
   """Projects the observations onto cone(A W) and returns W h*."""
   v = jnp.asarray(obs["v"], jnp.float32)
+  solver = SOLVER_L1 if loss == "l1" else SOLVER
   if "mask" in obs:
     masks = jax.vmap(operators.mask)(jnp.asarray(obs["mask"], jnp.float32))
     u = conejax.reconstruct(dictionary, v, masks, mu_h=mu_h, loss=loss, select=select,
-                            per_sample_operator=True, **SOLVER).u
+                            per_sample_operator=True, **solver).u
     return np.asarray(u)
   A = obs.get("A")
   if "response" in obs:
     A = operators.fourier_filter(obs["response"], SHAPE)
     v = operators.apply(A, v)
-  solver = SOLVER_L1 if loss == "l1" else SOLVER
   return np.asarray(conejax.reconstruct(dictionary, v, A, mu_h=mu_h, loss=loss, select=select,
                                         **solver).u)
 
@@ -451,6 +451,23 @@ def _merge(out, rows, sep_rows):
   return merged, old["separation"] if sep_rows is None else sep_rows
 
 
+def _class_indices(y_train, n_val):
+  """Per digit, the indices of its training images outside the validation tail."""
+  return [np.flatnonzero(y_train[:-n_val] == c) for c in range(10)]
+
+
+def class_union(x_train, y_train, n_val, rank, key):
+  """(label, cones): ten parts-based class cones (NNDSVDa, 200 MU, 5000 images per digit).
+
+  The reference recipe: their union fits unseen digits far better than the k-means cones
+  that classify best.
+  """
+  per_class = np.concatenate([index[:5000] for index in _class_indices(y_train, n_val)])
+  cones = conejax.fit_cones(x_train[per_class], y_train[per_class], rank, key=key,
+                            init="nndsvda", max_iter=200, tol=0)
+  return f"union of ten rank-{rank} class cones ({10 * rank} atoms)", cones
+
+
 def _dictionaries(x_train, y_train, U_train, n_val, key):
   """label -> (dictionary, select, tasks it is used for or None for all).
 
@@ -459,16 +476,11 @@ def _dictionaries(x_train, y_train, U_train, n_val, key):
   """
   single = conejax.nmf(U_train, 64, key=key, method="mu", max_iter=200, tol=0).W
   single = single / jnp.linalg.norm(single, axis=0)
-  # Parts-based class cones (the reference recipe): their union fits unseen digits far
-  # better than the k-means cones that classify best.
-  per_class = np.concatenate([np.flatnonzero(y_train[:-n_val] == c)[:5000] for c in range(10)])
   union = {}
   for rank in (64, 128):
-    class_cones = conejax.fit_cones(x_train[per_class], y_train[per_class], rank, key=key,
-                                    init="nndsvda", max_iter=200, tol=0)
-    union[f"union of ten rank-{rank} class cones ({10 * rank} atoms)"] = (class_cones, "union",
-                                                                        None)
-  classes = [np.flatnonzero(y_train[:-n_val] == c) for c in range(10)]
+    label, class_cones = class_union(x_train, y_train, n_val, rank, key)
+    union[label] = (class_cones, "union", None)
+  classes = _class_indices(y_train, n_val)
   per_digit = min(EXEMPLARS, *map(len, classes))  # the embedded subset has fewer
   exemplars = np.stack([x_train[index[:per_digit]].T for index in classes])
   exemplars /= np.maximum(np.linalg.norm(exemplars, axis=1, keepdims=True), 1e-12)

@@ -177,6 +177,7 @@ def test_random_shift_translates_each_image_by_one_of_the_allowed_offsets(jit):
 @pytest.mark.parametrize("X, max_shift, message", [
     (np.ones((3, 40)), 1, "images of shape"),
     (np.ones((3, 42)), -1, "max_shift"),
+    (np.ones((3, 42)), 1.5, "whole number"),
 ])
 def test_random_shift_bad_inputs_give_clear_errors(X, max_shift, message):
   with pytest.raises(ValueError, match=message):
