@@ -516,6 +516,7 @@ def run(data, out, n_test=500, n_val=100, tasks=None, separate=True):
   (out / "inverse_problems.md").write_text(table + "\n")
   (out / "inverse_problems.json").write_text(json.dumps(dict(rows=rows, separation=sep_rows),
                                                         indent=1))
+  (out / "inverse_problems.partial.json").unlink(missing_ok=True)  # the final json replaces it
   print(table)
   return rows, sep_rows
 
