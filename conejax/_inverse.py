@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks, _loops, _nnls, _nnls_l1
+from conejax import _checks, _loops, _nnls, _nnls_admm, _nnls_l1
 from conejax._cone import Cones
 from conejax.operators import _base as operators
 
@@ -143,7 +143,7 @@ def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
 def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: str = "each",
                 per_sample_operator: bool = False, max_iter: int | None = None,
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
-                differentiation: str = "implicit") -> Reconstruction:
+                differentiation: str = "implicit", solver: str = "apg") -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
@@ -170,6 +170,9 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       and the operator's arrays: "implicit" (KKT conditions on the active set; not for
       per-sample operators) or "unroll" (exactly ``max_iter`` steps, reverse mode through
       each). The l1 loss is not differentiable.
+    solver: l2 loss with one operator for all samples: "apg" or "admm" (as in
+      ``conejax.nnls_gram``; ADMM converges in far fewer iterations on blurred or
+      subsampled atoms). Per-sample operators and the l1 loss have their own solvers.
 
   Returns:
     ``Reconstruction`` (u, h, misfit, cone); see its fields for shapes. A single sample
@@ -217,15 +220,20 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   max_iter = (1000 if loss == "l2" else 5000) if max_iter is None else max_iter
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  default = _nnls.default_tol if loss == "l2" else _nnls_l1.default_tol
+  solver = _checks.check_choice(solver, "solver", _nnls.SOLVERS)
+  default = {"apg": _nnls.default_tol, "admm": _nnls_admm.default_tol}[solver]
+  default = default if loss == "l2" else _nnls_l1.default_tol
   tol = default(dtype) if tol is None else _checks.check_tol(tol)
   differentiation = _checks.check_choice(differentiation, "differentiation",
                                          _nnls.DIFFERENTIATIONS)
+  if solver != "apg" and (loss == "l1" or per_sample_operator):
+    raise ValueError(f"solver={solver!r} needs the l2 loss and one operator shared by all "
+                     "samples (it factorises their Gram matrix once); use solver='apg'.")
   options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size)
   if loss == "l1":
     options["precondition"] = True
   else:
-    options["differentiation"] = differentiation
+    options.update(differentiation=differentiation, solver=solver)
   out = _reconstruct(W.astype(dtype), V.astype(dtype), A, mu, loss=loss, select=select,
                      per_sample=bool(per_sample_operator),
                      options=tuple(sorted(options.items())),
@@ -251,7 +259,8 @@ def _separate(W, V, mu, *, wiener, options):
 
 
 def separate(cones, V, *, mu_h=None, wiener: bool = True, max_iter: int = 1000,
-             tol: float | None = None, batch_size: int = 2048) -> jax.Array:
+             tol: float | None = None, batch_size: int = 2048,
+             solver: str = "apg") -> jax.Array:
   """Splits mixtures v = u_1 + ... + u_K into one component per cone.
 
   Codes each mixture once on the concatenated dictionary [W_1, ..., W_K] (sparse NNLS),
@@ -264,7 +273,7 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, max_iter: int = 1000,
     V: (m,) or (N, m) mixtures, samples as rows.
     mu_h: L1 weight of the codes >= 0; None takes the cones' own (0 for an array).
     wiener: apply the Wiener-style mask.
-    max_iter, tol, batch_size: as in ``conejax.nnls``.
+    max_iter, tol, batch_size, solver: as in ``conejax.nnls``.
 
   Returns:
     (N, K, m) components ((K, m) for a single mixture), in the order of the cones.
@@ -293,7 +302,10 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, max_iter: int = 1000,
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  tol = _nnls.default_tol(dtype) if tol is None else _checks.check_tol(tol)
-  options = tuple(sorted(dict(max_iter=max_iter, tol=tol, batch_size=batch_size).items()))
+  solver = _checks.check_choice(solver, "solver", _nnls.SOLVERS)
+  default = {"apg": _nnls.default_tol, "admm": _nnls_admm.default_tol}[solver]
+  tol = default(dtype) if tol is None else _checks.check_tol(tol)
+  options = tuple(sorted(dict(max_iter=max_iter, tol=tol, batch_size=batch_size,
+                              solver=solver).items()))
   parts = _separate(W.astype(dtype), V.astype(dtype), mu, wiener=bool(wiener), options=options)
   return parts[0] if single else parts
