@@ -38,6 +38,10 @@ MU_GRID = (0.0, 0.1, 0.3, 1.0)
 # Images need only a few digits: every conejax solve stops at this KKT residual (the
 # library's default is 1e-6 in float32, 1e-4 for the L1 fit).
 SOLVER = dict(tol=1e-3, max_iter=500)
+# One operator shared by every digit: ADMM factorises the Gram matrix once and reaches the
+# tolerance in a fraction of APG's iterations on blurred and subsampled atoms, at a lower
+# objective (experiments/bench_inverse.py times both). Masks differ per digit: APG.
+SHARED_SOLVER = "admm"
 # The L1 fit's duality-gap tolerance is stricter than images need: on 10% salt-and-pepper
 # (640-atom union, keep 0.5) the PSNR is 25.30 dB after 100 iterations, 25.29 after 500 and
 # 25.32 after 2000, at 12x the time, so the L1 fits stop at 100.
@@ -199,21 +203,28 @@ def bicubic(obs, _):
 
 # ----------------------------------------------------------------------------- conejax
 
-def cone_estimate(dictionary, obs, mu_h, loss, select):
-  """Projects the observations onto cone(A W) and returns W h*."""
+def cone_reconstruction(dictionary, obs, mu_h, loss, select, shared_solver=SHARED_SOLVER):
+  """Projects the observations onto cone(A W): conejax's ``Reconstruction`` (u = W h*, ...).
+
+  ``shared_solver`` picks the l2 solver where one operator serves every digit.
+  """
   v = jnp.asarray(obs["v"], jnp.float32)
-  solver = SOLVER_L1 if loss == "l1" else SOLVER
   if "mask" in obs:
     masks = jax.vmap(operators.mask)(jnp.asarray(obs["mask"], jnp.float32))
-    u = conejax.reconstruct(dictionary, v, masks, mu_h=mu_h, loss=loss, select=select,
-                            per_sample_operator=True, **solver).u
-    return np.asarray(u)
+    return conejax.reconstruct(dictionary, v, masks, mu_h=mu_h, loss=loss, select=select,
+                               per_sample_operator=True,
+                               **(SOLVER_L1 if loss == "l1" else SOLVER))
   A = obs.get("A")
   if "response" in obs:
     A = operators.fourier_filter(obs["response"], SHAPE)
     v = operators.apply(A, v)
-  return np.asarray(conejax.reconstruct(dictionary, v, A, mu_h=mu_h, loss=loss, select=select,
-                                        **solver).u)
+  solver = SOLVER_L1 if loss == "l1" else dict(SOLVER, solver=shared_solver)
+  return conejax.reconstruct(dictionary, v, A, mu_h=mu_h, loss=loss, select=select, **solver)
+
+
+def cone_estimate(dictionary, obs, mu_h, loss, select):
+  """The estimates W h* (n, 784) of ``cone_reconstruction`` as a numpy array."""
+  return np.asarray(cone_reconstruction(dictionary, obs, mu_h, loss, select).u)
 
 
 def map_blend(obs, u, alpha):
