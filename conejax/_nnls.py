@@ -26,6 +26,8 @@ differentiates the KKT conditions on the active set (a ``custom_vjp``, so ``grad
 through ``while_loop`` and costs one (d, d) solve per sample), and "unroll" runs exactly
 ``max_iter`` steps in a ``fori_loop`` and lets reverse mode go through every one of them
 (the derivative of the truncated iteration, memory proportional to ``max_iter``).
+``solver="admm"`` hands the same problem to ``_nnls_admm`` (ADMM with (G + rho I)^{-1}
+formed once), with the same stopping test, chunks and both differentiation routes.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ sharing one Gram matrix G (d, d),
 
     h* = argmin_{h >= 0}  0.5 h^T G h - c^T h + mu sum(h),
 
-by splitting h into an unconstrained x and a non-negative z (Boyd et al. 2011, section
-5.2, with over-relaxation), scaled dual y and penalty rho:
+by splitting h into an unconstrained x and a non-negative z (Boyd et al. 2011, "Distributed
+optimization and statistical learning via ADMM", quadratic programming in section 5.2 and
+over-relaxation in section 3.4.3), with scaled dual y and penalty rho:
 
     x <- (G + rho I)^{-1} (c - mu + rho (z - y))
     z <- max(a x + (1 - a) z + y, 0)
@@ -15,7 +16,9 @@ by splitting h into an unconstrained x and a non-negative z (Boyd et al. 2011, s
 (G + rho I)^{-1} is formed once per call (Cholesky), so an iteration costs one product with
 a (d, d) matrix, as an accelerated projected-gradient step does. Its convergence depends
 far less on the conditioning of G: on blurred or subsampled dictionaries, whose Gram
-matrices are singular, it reaches a given KKT residual in a fraction of the iterations.
+matrices are singular, it reaches a moderate KKT residual (1e-3, 1e-4) in a fraction of
+APG's iterations. Tight tolerances favour APG (measured on the blurred test problem of
+``tests/test_nnls_admm.py`` at 1e-8: 11040 ADMM iterations against 8658).
 rho is RHO times the largest eigenvalue of G and a = RELAXATION, values that suit every
 problem of ``experiments/inverse_problems.py``.
 
