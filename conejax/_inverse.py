@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks, _loops, _nnls, _nnls_admm, _nnls_l1
+from conejax import _checks, _loops, _nnls, _nnls_l1
 from conejax._cone import Cones
 from conejax.operators import _base as operators
 
@@ -221,9 +221,8 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   solver = _checks.check_choice(solver, "solver", _nnls.SOLVERS)
-  default = {"apg": _nnls.default_tol, "admm": _nnls_admm.default_tol}[solver]
-  default = default if loss == "l2" else _nnls_l1.default_tol
-  tol = default(dtype) if tol is None else _checks.check_tol(tol)
+  default = _nnls.default_tol(dtype, solver) if loss == "l2" else _nnls_l1.default_tol(dtype)
+  tol = default if tol is None else _checks.check_tol(tol)
   differentiation = _checks.check_choice(differentiation, "differentiation",
                                          _nnls.DIFFERENTIATIONS)
   if solver != "apg" and (loss == "l1" or per_sample_operator):
@@ -303,8 +302,7 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, max_iter: int = 1000,
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   solver = _checks.check_choice(solver, "solver", _nnls.SOLVERS)
-  default = {"apg": _nnls.default_tol, "admm": _nnls_admm.default_tol}[solver]
-  tol = default(dtype) if tol is None else _checks.check_tol(tol)
+  tol = _nnls.default_tol(dtype, solver) if tol is None else _checks.check_tol(tol)
   options = tuple(sorted(dict(max_iter=max_iter, tol=tol, batch_size=batch_size,
                               solver=solver).items()))
   parts = _separate(W.astype(dtype), V.astype(dtype), mu, wiener=bool(wiener), options=options)

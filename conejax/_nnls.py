@@ -85,8 +85,10 @@ class NNLSResult(NamedTuple):
   residual: jax.Array
 
 
-def default_tol(dtype) -> float:
-  """The default residual tolerance: 1e-6 in float32, 1e-10 in float64."""
+def default_tol(dtype, solver: str = "apg") -> float:
+  """The default residual tolerance: 1e-6 in float32 (1e-5 for ADMM), 1e-10 in float64."""
+  if solver == "admm":
+    return _nnls_admm.default_tol(dtype)
   return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-6
 
 
@@ -162,7 +164,8 @@ def _solve_chunk(G, C, mu, H0, lipschitz, max_iter, tol):
 def _solve_batch(G, C, mu, H0, max_iter, tol, batch_size, solver="apg"):
   """C, H0: (B, d), solved in chunks of ``batch_size`` samples by ``solver``."""
   if solver == "admm":
-    chunk = lambda a: _nnls_admm.solve_chunk(G, a[0], mu, a[1], max_iter, tol)
+    factor = _nnls_admm.factorise(G)
+    chunk = lambda a: _nnls_admm.solve_chunk(G, a[0], mu, a[1], factor, max_iter, tol)
   else:
     lipschitz = lipschitz_constant(G)
     chunk = lambda a: _solve_chunk(G, a[0], mu, a[1], lipschitz, max_iter, tol)
@@ -219,10 +222,7 @@ def _check_options(max_iter, tol, batch_size, dtype, differentiation, solver="ap
   _checks.check_choice(solver, "solver", SOLVERS)
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  if tol is None:
-    tol = (_nnls_admm.default_tol if solver == "admm" else default_tol)(dtype)
-  else:
-    tol = _checks.check_tol(tol)
+  tol = default_tol(dtype, solver) if tol is None else _checks.check_tol(tol)
   return max_iter, tol, batch_size
 
 

@@ -85,18 +85,16 @@ def _times(x, M):
   return jnp.matmul(x, M, precision=_HIGHEST)
 
 
-def _residual(z, G, C, mu, lipschitz):
+def _kkt(G, C, mu, factor: Factor):
+  """z (n, d) -> ``_nnls``'s scale-free KKT residual (n,) for the right-hand sides C."""
   scale = jnp.maximum(jnp.max(jnp.abs(C), axis=-1), jnp.finfo(C.dtype).tiny)
-  lipschitz = jnp.broadcast_to(lipschitz, z.shape[:-1])
-  return _nnls._kkt_residual(z, _times(z, G) - C + mu, lipschitz, scale)
+  lipschitz = jnp.broadcast_to(factor.lipschitz, C.shape[:-1])
+  return lambda z: _nnls._kkt_residual(z, _times(z, G) - C + mu, lipschitz, scale)
 
 
-def init(G: jax.Array, C: jax.Array, mu, h0, factor: Factor) -> ADMMState:
-  """Starts from z = max(h0, 0) (zeros when h0 is None) with zero dual."""
-  z = jnp.zeros_like(C) if h0 is None else jnp.maximum(jnp.asarray(h0, C.dtype), 0)
-  batch = C.shape[:-1]
-  return ADMMState(z, jnp.zeros_like(C), jnp.zeros(batch, jnp.int32),
-                   _residual(z, G, C, mu, factor.lipschitz))
+def init(z: jax.Array, error: jax.Array) -> ADMMState:
+  """Starts from a non-negative z (n, d) with zero dual; ``error`` is the residual at z."""
+  return ADMMState(z, jnp.zeros_like(z), jnp.zeros(z.shape[:-1], jnp.int32), error)
 
 
 def step(state: ADMMState, B: jax.Array, factor: Factor) -> ADMMState:
@@ -110,14 +108,14 @@ def step(state: ADMMState, B: jax.Array, factor: Factor) -> ADMMState:
   return state._replace(z=z, y=state.y + x - z)
 
 
-def solve_chunk(G, C, mu, H0, max_iter: int, tol: float):
+def solve_chunk(G, C, mu, H0, factor: Factor, max_iter: int, tol: float):
   """Solves the chunk C (n, d) until every residual is <= tol or ``max_iter`` iterations.
 
-  Returns (h, n_iter, residual) like ``_nnls._solve_chunk``; n_iter counts in multiples of
-  CHECK_EVERY (or up to max_iter).
+  ``factor`` is ``factorise(G)``, formed once for all chunks. Returns (h, n_iter, residual)
+  like ``_nnls._solve_chunk``; n_iter counts in multiples of CHECK_EVERY (or up to max_iter).
   """
-  factor = factorise(G)
   B = _times(C - mu, factor.M)
+  kkt = _kkt(G, C, mu, factor)
 
   def cond(carry):
     it, state = carry
@@ -128,11 +126,11 @@ def solve_chunk(G, C, mu, H0, max_iter: int, tol: float):
     n = jnp.minimum(CHECK_EVERY, max_iter - it)
     new = lax.fori_loop(0, n, lambda _, s: step(s, B, factor), state)
     new = new._replace(iter_num=state.iter_num + jnp.where(state.error > tol, n, 0),
-                       error=_residual(new.z, G, C, mu, factor.lipschitz))
+                       error=kkt(new.z))
     return it + n, new
 
-  state = init(G, C, mu, H0, factor)
-  state = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
+  z = jnp.maximum(H0, 0)
+  state = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), init(z, kkt(z))))[1]
   return state.z, state.iter_num, state.error
 
 
@@ -140,6 +138,7 @@ def solve_unrolled(G, C, mu, H0, n_steps: int):
   """Exactly ``n_steps`` iterations from H0, differentiable through each (and the factor)."""
   factor = factorise(G)
   B = _times(C - mu, factor.M)
-  state = init(G, C, mu, H0, factor)
-  state = lax.fori_loop(0, n_steps, lambda _, s: step(s, B, factor), state)
-  return state.z, state.iter_num, _residual(state.z, G, C, mu, factor.lipschitz)
+  kkt = _kkt(G, C, mu, factor)
+  z = jnp.maximum(H0, 0)
+  state = lax.fori_loop(0, n_steps, lambda _, s: step(s, B, factor), init(z, kkt(z)))
+  return state.z, state.iter_num, kkt(state.z)
