@@ -6,6 +6,7 @@ H are (N, d), and U ~ H W^T. A ``Cones`` stacks K dictionaries as W of shape (K,
 
 from conejax import data as data
 from conejax import operators as operators
+from conejax import solvers as solvers
 from conejax._cone import Cones as Cones
 from conejax._cone import codes as codes
 from conejax._cone import distance as distance
@@ -29,12 +30,8 @@ from conejax._nmf import NMFResult as NMFResult
 from conejax._nmf import nmf as nmf
 from conejax._nmf import nmf_per_class as nmf_per_class
 from conejax._nmf_steps import objective as nmf_objective
-from conejax._nnls import NNLSResult as NNLSResult
-from conejax._nnls import NNLSState as NNLSState
-from conejax._nnls import init as nnls_init
 from conejax._nnls import nnls as nnls
 from conejax._nnls import nnls_gram as nnls_gram
-from conejax._nnls import step as nnls_step
 from conejax._nnls_l1 import nnls_l1 as nnls_l1
 from conejax._sharding import distance_sharded as distance_sharded
 from conejax._sharding import make_mesh as make_mesh
@@ -52,5 +49,7 @@ from conejax._uses import anomaly_score as anomaly_score
 from conejax._uses import compress as compress
 from conejax._uses import features as features
 from conejax._uses import kcones as kcones
+from conejax.solvers import ConvergenceWarning as ConvergenceWarning
+from conejax.solvers import NNLSResult as NNLSResult
 
 __version__ = "0.1.0"

@@ -67,12 +67,11 @@ class FinetuneResult(NamedTuple):
   seconds: float
 
 
-def squared_distances(W, X, mu_h, *, max_iter: int = 100, tol: float = 1e-3,
-                      differentiation: str = "implicit") -> jax.Array:
+def squared_distances(W, X, mu_h, *, solver, differentiation: str = "implicit") -> jax.Array:
   """D_k(x)^2 of every row of X (B, m) to every cone of W (K, m, d): (B, K), differentiable."""
   H0 = jnp.zeros(X.shape[:1] + W.shape[:1] + W.shape[-1:], X.dtype)
-  H = _nnls._nnls_jit(W, X, mu_h, H0, max_iter=max_iter, tol=tol, batch_size=X.shape[0],
-                      differentiation=differentiation).h
+  H = _nnls.solve_dictionary(W, X, mu_h, H0, solver=solver, batch_size=X.shape[0],
+                             differentiation=differentiation, penalty="absolute").h
   residual = X[:, None, :] - jnp.einsum("bkd,kmd->bkm", H, W, precision=_HIGHEST)
   return jnp.sum(residual**2, axis=-1)
 
@@ -168,8 +167,9 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
              steps: int, key: jax.Array, objective: str = "cross_entropy",
              temperature: float = 1.0, tau: float = 0.1, batch_size: int = 256,
              validation=0.1, eval_every: int = 100, patience: int | None = None,
-             score: Callable[[_cone.Cones], float] | None = None, max_iter: int = 100,
-             tol: float = 1e-3, differentiation: str = "implicit",
+             score: Callable[[_cone.Cones], float] | None = None, solver="auto",
+             max_iter: int | None = None, tol: float | None = None,
+             differentiation: str = "implicit",
              augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
              progress: bool = True) -> FinetuneResult:
   """Fine-tunes all class dictionaries at once with an optax optimiser.
@@ -191,8 +191,10 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     patience: stop after this many evaluations without a better score; None runs all steps.
     score: callable cones -> float, higher is better, that selects the cones to return;
       None uses the validation accuracy of ``predict``.
-    max_iter, tol: NNLS iteration cap and tolerance of each training step's codes.
-    differentiation: "implicit" or "unroll" (``max_iter`` steps), as in ``conejax.nnls``.
+    solver, max_iter, tol: the NNLS solver of every step's codes, as in ``conejax.nnls``
+      ("auto": exact codes, so the implicit gradient is the exact one).
+    differentiation: "implicit" or "unroll" (``max_iter`` APG steps), as in
+      ``conejax.nnls``.
     augment: optional jit-compatible ``augment(key, X_batch) -> X_batch`` applied to each
       training batch (B, m) with a fresh key per step, e.g. ``random_shift``; it must keep
       the shape and non-negativity. The validation split is never augmented.
@@ -207,12 +209,11 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
       temperature, tau < 0, or bad sizes and options.
   """
   _checks.check_choice(objective, "objective", OBJECTIVES)
-  _checks.check_choice(differentiation, "differentiation", _nnls.DIFFERENTIATIONS)
   steps = _checks.check_positive_int(steps, "steps")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   eval_every = _checks.check_positive_int(eval_every, "eval_every")
-  max_iter = _checks.check_positive_int(max_iter, "max_iter")
-  tol = _checks.check_tol(tol)
+  solver, _ = _nnls.check_options(solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
+                                  differentiation=differentiation)
   if not float(temperature) > 0:
     raise ValueError(f"temperature must be > 0; got {temperature}.")
   tau = float(_checks.check_penalty(tau, "tau"))
@@ -228,7 +229,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
                      "left after the validation split; lower batch_size.")
   if augment is not None:
     _check_augment(augment, augment_key, X[:batch_size])
-  options = dict(max_iter=max_iter, tol=tol, differentiation=differentiation)
+  options = dict(solver=solver, differentiation=differentiation)
   if objective == "cross_entropy":
     loss_fn = functools.partial(cross_entropy_loss,
                                 temperature=jnp.asarray(temperature, X.dtype))
@@ -248,7 +249,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
 
   def evaluate(W):
     tuned = _cone.Cones(W, cones.mu_h, cones.classes, cones.settings)
-    D2 = _cone.distance(tuned, X_val, max_iter=max_iter, tol=tol) ** 2
+    D2 = _cone.distance(tuned, X_val, solver=solver) ** 2
     val_loss = float(loss_fn(D2, labels_val))
     if score is not None:
       return val_loss, float(score(tuned))

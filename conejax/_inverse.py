@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks, _loops, _nnls, _nnls_l1
+from conejax import _checks, _loops, _nnls, solvers
 from conejax._cone import Cones
 from conejax.operators import _base as operators
 
@@ -39,11 +39,13 @@ class Reconstruction(NamedTuple):
     h: (..., d) codes ((..., K, d) for "each", (..., K d) for "union").
     misfit: (...) or (..., K) data fit at h*: 0.5 ||A W h - v||^2 (l2) or ||A W h - v||_1 (l1).
     cone: (...) int32 index of the cone used with ``select="best"``; -1 otherwise.
+    converged: (...) or (..., K) bool, whether each solve met its stopping test.
   """
   u: jax.Array
   h: jax.Array
   misfit: jax.Array
   cone: jax.Array
+  converged: jax.Array
 
 
 def _as_stack(dictionary, mu_h):
@@ -63,12 +65,14 @@ def _misfit(residual, loss):
 
 
 def _solve_shared(B, V, mu, loss, options):
-  """Codes V (n, k) on one (k, d) dictionary B shared by every sample."""
+  """Codes V (n, k) on one (k, d) dictionary B shared by every sample: ``NNLSResult``."""
   if loss == "l1":
-    return _nnls_l1.solve(B, V, mu, **options).h
-  G = jnp.dot(B.T, B, precision=_HIGHEST)
-  return _nnls._nnls_gram_jit(G, jnp.dot(V, B, precision=_HIGHEST), mu, jnp.zeros(
-      V.shape[:-1] + B.shape[-1:], V.dtype), **options).h
+    out = solvers.solve(options["solver"], solvers.L1Problem(B, V, mu),
+                        batch_size=options["batch_size"])
+  else:
+    G = jnp.dot(B.T, B, precision=_HIGHEST)
+    out = _nnls.solve_gram(G, jnp.dot(V, B, precision=_HIGHEST), mu, **options)
+  return out
 
 
 def _lipschitz_estimate(gram, shape, dtype, n_iter=30, safety=1.1):
@@ -99,15 +103,14 @@ def _solve_per_sample(A, W, V, mu, loss, options, chunk):
     gram = lambda H: adjoint(forward(H))
     C = adjoint(V)
     lipschitz = _lipschitz_estimate(gram, C.shape, C.dtype)
-    H0 = jnp.zeros_like(C)
-    if options["differentiation"] == "unroll":
-      return _nnls._solve_unrolled(gram, C, mu, H0, lipschitz, options["max_iter"])[0]
-    return _nnls._solve_chunk(gram, C, mu, H0, lipschitz, options["max_iter"],
-                              options["tol"])[0]
+    problem = solvers.QuadraticProblem(gram, C, mu, lipschitz)
+    out = solvers.solve(options["solver"], problem, differentiation=options["differentiation"])
+    return out.h, out.converged
   one = dict(options, batch_size=1)
 
   def single(A_i, v):
-    return _solve_shared(operators.apply_to_dictionary(A_i, W), v[None], mu, loss, one)[0]
+    out = _solve_shared(operators.apply_to_dictionary(A_i, W), v[None], mu, loss, one)
+    return out.h[0], out.converged[0]
 
   return _loops.in_chunks(lambda a: jax.vmap(single)(*a), (A, V), chunk)
 
@@ -120,30 +123,35 @@ def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
   if select == "union":
     W = jnp.transpose(W, (1, 0, 2)).reshape(1, m, K * d)
   if per_sample:
-    h = jnp.stack([_solve_per_sample(A, W_k, V, mu, loss, options, chunk) for W_k in W], -2)
+    h, converged = zip(*[_solve_per_sample(A, W_k, V, mu, loss, options, chunk) for W_k in W])
+    h = jnp.stack(h, -2)
     AU = jax.vmap(lambda A_i, u: operators.apply(A_i, u))(A, jnp.einsum(
         "nkd,kmd->nkm", h, W, precision=_HIGHEST))
   else:
     B = jax.vmap(operators.apply_to_dictionary, (None, 0))(A, W)
-    h = jnp.stack([_solve_shared(B_k, V, mu, loss, options) for B_k in B], -2)
+    h, converged = zip(*[(out.h, out.converged) for out in
+                           (_solve_shared(B_k, V, mu, loss, options) for B_k in B)])
+    h = jnp.stack(h, -2)
     AU = jnp.einsum("nkd,kcd->nkc", h, B, precision=_HIGHEST)
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
+  converged = jnp.stack(converged, -1)
   misfit = _misfit(AU - V[:, None], loss)
   none = jnp.full(V.shape[:1], -1, jnp.int32)
   if select == "each":
-    return Reconstruction(U, h, misfit, none)
+    return Reconstruction(U, h, misfit, none, converged)
   if select == "union":
-    return Reconstruction(U[:, 0], h[:, 0], misfit[:, 0], none)
+    return Reconstruction(U[:, 0], h[:, 0], misfit[:, 0], none, converged[:, 0])
   objective = misfit + mu * jnp.sum(h, axis=-1)
   best = jnp.argmin(objective, axis=-1).astype(jnp.int32)
   pick = lambda x: jnp.take_along_axis(x, best.reshape((-1, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
-  return Reconstruction(pick(U), pick(h), pick(misfit), best)
+  converged = jnp.take_along_axis(converged, best[:, None], 1)[:, 0]
+  return Reconstruction(pick(U), pick(h), pick(misfit), best, converged)
 
 
 def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: str = "each",
                 per_sample_operator: bool = False, max_iter: int | None = None,
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
-                differentiation: str = "implicit", solver: str = "apg") -> Reconstruction:
+                differentiation: str = "implicit", solver="auto") -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
@@ -157,25 +165,27 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       With ``per_sample_operator=True`` its array leaves carry a leading sample axis N
       (e.g. ``jax.vmap(operators.mask)(M)`` for one mask per sample).
     mu_h: L1 weight of the codes >= 0; None takes the cones' own (0 for an array).
-    loss: "l2" (accelerated projected gradient) or "l1" (restarted preconditioned primal-dual, ``nnls_l1``).
+    loss: "l2" (least squares, ``conejax.nnls``) or "l1" (least absolute deviations,
+      ``conejax.nnls_l1``).
     select: with K cones, "each" codes on every cone, "best" keeps per sample the cone of
       smallest objective, "union" codes once on all K d atoms together.
     per_sample_operator: whether A holds one operator per sample. With the l2 loss these
       are solved matrix-free (step sizes from 30 power iterations with a 10% margin).
-    max_iter: iteration cap per sample; None is 1000 (l2) or 5000 (l1).
-    tol: solver tolerance; None is the solver's default.
+    max_iter: iteration cap of a named solver; None is its default.
+    tol: tolerance of a named iterative solver; None is its default.
     batch_size: samples per solver chunk (shared operator).
     chunk_size: samples coded at once with per-sample operators and the l1 loss.
     differentiation: how ``grad`` goes through the l2 solution, with respect to V, W, mu_h
       and the operator's arrays: "implicit" (KKT conditions on the active set; not for
       per-sample operators) or "unroll" (exactly ``max_iter`` steps, reverse mode through
       each). The l1 loss is not differentiable.
-    solver: l2 loss with one operator for all samples: "apg" or "admm" (as in
-      ``conejax.nnls_gram``; ADMM converges in far fewer iterations on blurred or
-      subsampled atoms). Per-sample operators and the l1 loss have their own solvers.
+    solver: a ``conejax.solvers`` object or name. "auto" (default) is the exact
+      ``ActiveSet`` for the l2 loss with one operator, matrix-free ``APG`` for per-sample
+      operators (or ``differentiation="unroll"``) and ``PDHG`` for the l1 loss; "apg" and
+      "admm" are the iterative alternatives for the shared-operator l2 loss.
 
   Returns:
-    ``Reconstruction`` (u, h, misfit, cone); see its fields for shapes. A single sample
+    ``Reconstruction`` (u, h, misfit, cone, converged); see its fields for shapes. A single sample
     (V of shape (k,)) and a single dictionary drop their axes.
 
   Raises:
@@ -217,30 +227,26 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       A = jax.tree.map(lambda x: x[None], A)
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
-  max_iter = (1000 if loss == "l2" else 5000) if max_iter is None else max_iter
-  max_iter = _checks.check_positive_int(max_iter, "max_iter")
-  batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  solver = _checks.check_choice(solver, "solver", _nnls.SOLVERS)
-  default = _nnls.default_tol(dtype, solver) if loss == "l2" else _nnls_l1.default_tol(dtype)
-  tol = default if tol is None else _checks.check_tol(tol)
-  differentiation = _checks.check_choice(differentiation, "differentiation",
-                                         _nnls.DIFFERENTIATIONS)
-  if solver != "apg" and (loss == "l1" or per_sample_operator):
-    raise ValueError(f"solver={solver!r} needs the l2 loss and one operator shared by all "
-                     "samples (it factorises their Gram matrix once); use solver='apg'.")
-  options = dict(max_iter=max_iter, tol=tol, batch_size=batch_size)
-  if loss == "l1":
-    options["precondition"] = True
-  else:
-    options.update(differentiation=differentiation, solver=solver)
+  solver, batch_size = _nnls.check_options(
+      solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
+      differentiation=differentiation, loss=loss, matrix_free=per_sample_operator and loss == "l2")
+  if per_sample_operator and loss == "l2" and not solver.matrix_free_ok:
+    raise ValueError(f"solver={type(solver).__name__} needs one operator shared by all "
+                     "samples (a Gram matrix); per-sample operators are solved matrix-free "
+                     "by 'apg' (the 'auto' choice).")
+  options = dict(solver=solver, batch_size=batch_size)
+  if loss == "l2":
+    options.update(differentiation=differentiation, penalty="absolute")
   out = _reconstruct(W.astype(dtype), V.astype(dtype), A, mu, loss=loss, select=select,
                      per_sample=bool(per_sample_operator),
                      options=tuple(sorted(options.items())),
                      chunk=_checks.check_positive_int(chunk_size, "chunk_size"))
   if single_dictionary and select == "each":
-    out = Reconstruction(out.u[:, 0], out.h[:, 0], out.misfit[:, 0], out.cone)
+    out = Reconstruction(out.u[:, 0], out.h[:, 0], out.misfit[:, 0], out.cone,
+                         out.converged[:, 0])
   if single_sample:
     out = jax.tree.map(lambda x: x[0], out)
+  solvers.warn_if_not_converged(out, "reconstruct")
   return out
 
 
@@ -248,18 +254,19 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
 def _separate(W, V, mu, *, wiener, options):
   K, m, d = W.shape
   union = jnp.transpose(W, (1, 0, 2)).reshape(m, K * d)
-  h = _solve_shared(union, V, mu, "l2", dict(options)).reshape(-1, K, d)
+  out = _solve_shared(union, V, mu, "l2", dict(options))
+  h = out.h.reshape(-1, K, d)
   parts = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
   if wiener:
     total = jnp.sum(parts, axis=1, keepdims=True)
     share = jnp.where(total > 0, parts / jnp.where(total > 0, total, 1), 1.0 / K)
     parts = V[:, None] * share
-  return parts
+  return parts, out
 
 
-def separate(cones, V, *, mu_h=None, wiener: bool = True, max_iter: int = 1000,
-             tol: float | None = None, batch_size: int = 2048,
-             solver: str = "apg") -> jax.Array:
+def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
+             max_iter: int | None = None, tol: float | None = None, batch_size: int = 2048,
+             penalty: str = "absolute") -> jax.Array:
   """Splits mixtures v = u_1 + ... + u_K into one component per cone.
 
   Codes each mixture once on the concatenated dictionary [W_1, ..., W_K] (sparse NNLS),
@@ -272,7 +279,9 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, max_iter: int = 1000,
     V: (m,) or (N, m) mixtures, samples as rows.
     mu_h: L1 weight of the codes >= 0; None takes the cones' own (0 for an array).
     wiener: apply the Wiener-style mask.
-    max_iter, tol, batch_size, solver: as in ``conejax.nnls``.
+    solver, max_iter, tol, batch_size, penalty: as in ``conejax.nnls`` ("auto" is exact;
+      ``penalty="relative"`` reads mu_h as a fraction of each mixture's largest useful
+      penalty, for data of any scale).
 
   Returns:
     (N, K, m) components ((K, m) for a single mixture), in the order of the cones.
@@ -299,11 +308,13 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, max_iter: int = 1000,
                      f"{tuple(V.shape)}.")
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
-  max_iter = _checks.check_positive_int(max_iter, "max_iter")
-  batch_size = _checks.check_positive_int(batch_size, "batch_size")
-  solver = _checks.check_choice(solver, "solver", _nnls.SOLVERS)
-  tol = _nnls.default_tol(dtype, solver) if tol is None else _checks.check_tol(tol)
-  options = tuple(sorted(dict(max_iter=max_iter, tol=tol, batch_size=batch_size,
-                              solver=solver).items()))
-  parts = _separate(W.astype(dtype), V.astype(dtype), mu, wiener=bool(wiener), options=options)
+  solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
+                                           batch_size=batch_size, differentiation="implicit",
+                                           penalty=penalty)
+  options = tuple(sorted(dict(solver=solver, batch_size=batch_size, penalty=penalty).items()))
+  parts, out = _separate(W.astype(dtype), V.astype(dtype), mu, wiener=bool(wiener),
+                         options=options)
+  union = jnp.transpose(W, (1, 0, 2)).reshape(W.shape[1], -1)
+  _nnls.report(out, "separate", mu if penalty == "absolute" else None,
+               lambda: jnp.dot(V, union.astype(V.dtype)))
   return parts[0] if single else parts

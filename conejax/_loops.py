@@ -1,23 +1,10 @@
-"""Loop drivers shared by the batched solvers (``_nnls``, ``_nnls_l1``, ``_inverse``)."""
+"""Loop helpers shared by the solver driver and the inverse problems: chunked maps."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-
-def until_converged(step, state, max_iter: int, tol: float):
-  """Applies ``step`` until every ``state.error`` is <= tol or ``max_iter`` steps."""
-  def cond(carry):
-    it, state = carry
-    return (it < max_iter) & jnp.any(state.error > tol)
-
-  def body(carry):
-    it, state = carry
-    return it + 1, step(state)
-
-  return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
 
 
 def in_chunks(fn, arrays, chunk: int):

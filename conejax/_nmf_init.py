@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _nnls
+from conejax import solvers
 
 _HIGHEST = lax.Precision.HIGHEST
 _ZERO_BELOW = 1e-6  # entries of the NNDSVD factors counted as zero, as in scikit-learn
@@ -152,8 +152,8 @@ def kmeans_init(key: jax.Array, U: jax.Array, rank: int, mask: jax.Array):
   W = jnp.maximum(kmeans(key, U, rank, mask).T, 0)
   G = jnp.dot(W.T, W, precision=_HIGHEST)
   C = jnp.dot(U, W, precision=_HIGHEST)
-  H = _nnls._solve_chunk(G, C, 0.0, jnp.zeros_like(C), _nnls.lipschitz_constant(G), 200,
-                         _nnls.default_tol(U.dtype))[0]
+  problem = solvers.QuadraticProblem(G, C, jnp.zeros((), U.dtype))
+  H = solvers.solve(solvers.APG(max_iter=200), problem).h
   fill = 0.01 * jnp.sum(H) / jnp.maximum(jnp.sum(mask) * rank, 1)
   return W, (H + fill) * mask[:, None]
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _nnls
+from conejax import solvers
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -68,8 +68,8 @@ def anls_update(X, P, Q, mu, inner: int):
   ``inner`` caps the FISTA iterations of each row (the default tolerance of the dtype
   stops earlier).
   """
-  lipschitz = _nnls.lipschitz_constant(Q)
-  return _nnls._solve_chunk(Q, P, mu, X, lipschitz, inner, _nnls.default_tol(X.dtype))[0]
+  problem = solvers.QuadraticProblem(Q, P, jnp.asarray(mu, X.dtype))
+  return solvers.solve(solvers.APG(max_iter=inner), problem, X).h
 
 
 UPDATES = {"mu": mu_update, "hals": hals_update, "anls": anls_update}

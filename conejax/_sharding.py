@@ -289,11 +289,9 @@ def distance_sharded(cones: _cone.Cones, X, mesh: Mesh, **options) -> jax.Array:
   return out[:n, :K]
 
 
-def predict_sharded(cones: _cone.Cones, X, mesh: Mesh, *,
-                    max_iter: int = _cone.CLASSIFY["max_iter"],
-                    tol: float = _cone.CLASSIFY["tol"]) -> np.ndarray:
+def predict_sharded(cones: _cone.Cones, X, mesh: Mesh, **options) -> np.ndarray:
   """``conejax.predict`` from ``distance_sharded``: the nearest cone's label, (N,) numpy."""
-  distances = distance_sharded(cones, X, mesh, max_iter=max_iter, tol=tol)
+  distances = distance_sharded(cones, X, mesh, **options)
   return np.asarray(cones.classes)[np.asarray(jnp.argmin(distances, axis=-1))]
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _cone, _nnls
+from conejax import _checks, _cone, _nnls, solvers
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -31,9 +31,8 @@ def _refit_on_support(G, C, support):
   """NNLS restricted to a per-sample support: G (d, d), C and support (N, d) -> (N, d)."""
   def one(c, keep):
     G_s = G * keep[:, None] * keep[None, :] + jnp.diag(1 - keep)
-    return _nnls._solve_chunk(G_s, (c * keep)[None], 0.0, jnp.zeros_like(c)[None],
-                              _nnls.lipschitz_constant(G_s), 1000,
-                              _nnls.default_tol(c.dtype))[0][0]
+    problem = solvers.QuadraticProblem(G_s, (c * keep)[None], jnp.zeros((), c.dtype))
+    return solvers.solve(solvers.ActiveSet(), problem).h[0]
   return jax.vmap(one)(C, support)
 
 

@@ -1,0 +1,208 @@
+"""The one driver of every NNLS solver: chunks, the loop, freezing, result, gradients.
+
+``solve(solver, problem, h0)`` cuts the samples into chunks of ``batch_size`` rows (one
+``lax.map`` step each, so the working set stays in cache), runs each chunk until all of its
+samples meet the solver's stopping test or ``max_iter``, and freezes every sample as soon as
+it has converged: its state no longer changes, so its result is the one it would get
+alone, whatever the rest of its batch. Differentiation is applied here, once for every
+solver:
+
+- "implicit": a ``custom_vjp`` differentiates the KKT conditions at the solution,
+  G_SS h_S = c_S - mu on the support S = {h > 0}: one solve of G_SS z_S = hbar_S per sample,
+  gathered to the size of the support (``_linalg``) and chunked like the forward pass, so
+  memory stays bounded (never a (n, d, d) array). Needs a Gram matrix (not a function).
+- "unroll": exactly ``solver.max_iter`` steps in a ``fori_loop``, reverse mode through
+  each (the derivative of the truncated iteration); for solvers with ``supports_unroll``.
+
+A path that cannot be differentiated (the L1 problem, matrix-free G under "implicit",
+``ActiveSet`` under "unroll") raises a ``ValueError`` naming the alternative when ``grad``
+reaches it, not JAX's while_loop error.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from conejax import _loops
+from conejax.solvers import _linalg, _protocol
+from conejax.solvers._protocol import (L1Problem, NNLSResult, QuadraticProblem, gram_times,
+                                       kkt_residual, kkt_scale, tree_select)
+
+DIFFERENTIATIONS = ("implicit", "unroll")
+
+
+def _run_loop(solver, problem, aux, h0, tol):
+  """The while loop for one chunk: (h, n_iter, error) with converged samples frozen."""
+  n = problem.C.shape[0] if isinstance(problem, QuadraticProblem) else problem.V.shape[0]
+  state = solver.init(problem, aux, h0)
+  error = solver.residual(problem, aux, state)
+  every, max_iter = solver.check_every, solver.max_iter
+
+  def cond(carry):
+    it, _, error, _ = carry
+    return (it < max_iter) & jnp.any(error > tol)
+
+  def body(carry):
+    it, state, error, n_iter = carry
+    k = jnp.minimum(every, max_iter - it)
+    if every == 1:
+      new = solver.step(problem, aux, state)
+    else:
+      new = lax.fori_loop(0, k, lambda _, s: solver.step(problem, aux, s), state)
+    new_error = solver.residual(problem, aux, new)
+    active = error > tol
+    return (it + k, tree_select(active, new, state), jnp.where(active, new_error, error),
+            n_iter + jnp.where(active, k, 0).astype(jnp.int32))
+
+  carry = (jnp.zeros((), jnp.int32), state, error, jnp.zeros((n,), jnp.int32))
+  _, state, error, n_iter = lax.while_loop(cond, body, carry)
+  return solver.solution(problem, aux, state), n_iter, error
+
+
+def _run_unrolled(solver, problem, aux, h0):
+  state = solver.init(problem, aux, h0)
+  state = lax.fori_loop(0, solver.max_iter, lambda _, s: solver.step(problem, aux, s), state)
+  n = h0.shape[0]
+  return (solver.solution(problem, aux, state), jnp.full((n,), solver.max_iter, jnp.int32),
+          solver.residual(problem, aux, state))
+
+
+def _final_residual(solver, problem, aux, h):
+  """The KKT residual at the returned codes (quadratic problems), or the solver's own."""
+  lipschitz = solver.kkt_lipschitz(problem, aux)
+  grad = gram_times(problem.G, h) - problem.C + problem.mu
+  return kkt_residual(h, grad, lipschitz, kkt_scale(problem.C))
+
+
+def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
+  """Runs every chunk of C (or V) and h0 through the loop; G, B and mu are shared."""
+  quadratic = isinstance(problem, QuadraticProblem)
+  rows = problem.C if quadratic else problem.V
+
+  def one(args):
+    part, h0 = args
+    sub = problem._replace(C=part) if quadratic else problem._replace(V=part)
+    if unroll:
+      h, n_iter, error = _run_unrolled(solver, sub, aux, h0)
+    else:
+      h, n_iter, error = _run_loop(solver, sub, aux, h0, tol)
+    residual = _final_residual(solver, sub, aux, h) if quadratic else error
+    return h, n_iter, residual, error <= tol
+
+  if quadratic and problem.matrix_free:
+    return one((rows, H0))  # per-sample operators: no chunking of the Gram map
+  return _loops.in_chunks(one, (rows, H0), batch_size)
+
+
+def _not_differentiable(message):
+  """guard(h, inputs) = h, whose vjp raises ``message``: ``inputs`` are the problem's
+  arrays before ``stop_gradient``, so a gradient with respect to them reaches it."""
+  @jax.custom_vjp
+  def guard(h, inputs):
+    return h
+
+  def fwd(h, inputs):
+    return h, None
+
+  def bwd(_, g):
+    raise ValueError(message)
+
+  guard.defvjp(fwd, bwd)
+  return guard
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _implicit(solver, tol, batch_size, G, C, mu, H0, aux):
+  problem = QuadraticProblem(G, C, mu)
+  return _chunked(solver, problem, aux, H0, tol, batch_size, unroll=False)
+
+
+def _implicit_fwd(solver, tol, batch_size, G, C, mu, H0, aux):
+  out = _implicit(solver, tol, batch_size, G, C, mu, H0, aux)
+  return out, (G, out[0], mu, H0, aux)
+
+
+def _implicit_bwd(solver, tol, batch_size, residuals, cotangents):
+  """G_SS z_S = hbar_S on S = {h > 0}: cbar = z, Gbar = -z h^T, mubar = -sum(z)."""
+  G, h, mu, H0, aux = residuals
+  h_bar = cotangents[0]
+  support = h > 0
+  z = _loops.in_chunks(lambda a: _linalg.solve_on_support(G, a[0] * a[1], a[1]),
+                       (h_bar, support), batch_size)
+  G_bar = -jnp.einsum("bi,bj->ij", z, h, precision=_protocol.HIGHEST)
+  mu_bar = jnp.reshape(-jnp.sum(z), jnp.shape(mu)).astype(jnp.result_type(mu))
+  return (G_bar, z, mu_bar, jnp.zeros_like(H0),
+          jax.tree.map(jnp.zeros_like, aux))
+
+
+_implicit.defvjp(_implicit_fwd, _implicit_bwd)
+
+
+def solve(solver, problem, h0=None, *, batch_size: int = 2048,
+          differentiation: str = "implicit") -> NNLSResult:
+  """Solves every sample of ``problem`` with ``solver``; traceable (call it inside jit).
+
+  Args:
+    solver: a solver object (``APG``, ``ADMM``, ``ActiveSet``, ``PDHG``).
+    problem: ``QuadraticProblem`` (C of shape (n, d)) or ``L1Problem`` (V (n, k)).
+    h0: optional (n, d) warm start (clipped at 0); zeros by default.
+    batch_size: samples per chunk.
+    differentiation: "implicit" or "unroll" (see the module docstring).
+
+  Returns:
+    ``NNLSResult`` with h (n, d), n_iter (n,), residual (n,) and converged (n,).
+  """
+  if not isinstance(problem, solver.problem_type):
+    raise ValueError(f"{type(solver).__name__} solves {solver.problem_type.__name__}; got "
+                     f"{type(problem).__name__}.")
+  if differentiation not in DIFFERENTIATIONS:
+    raise ValueError(f"differentiation must be one of {DIFFERENTIATIONS}; got "
+                     f"{differentiation!r}.")
+  quadratic = isinstance(problem, QuadraticProblem)
+  rows = problem.C if quadratic else problem.V
+  d = problem.C.shape[-1] if quadratic else problem.B.shape[-1]
+  H0 = jnp.zeros(rows.shape[:-1] + (d,), rows.dtype) if h0 is None else h0
+  tol = solver.stopping_tol(rows.dtype)
+  name = type(solver).__name__
+  if quadratic and problem.matrix_free and not solver.matrix_free_ok:
+    raise ValueError(f"{name} needs a Gram matrix; a matrix-free G (one operator per "
+                     "sample) is solved by APG.")
+  if differentiation == "unroll":
+    if not solver.supports_unroll:
+      raise ValueError(f"differentiation='unroll' steps the solver's iterations; {name} "
+                       "has none to unroll. Use differentiation='implicit', or solver='apg'.")
+    aux = solver.prepare(problem)
+    h, n_iter, residual, converged = _chunked(solver, problem, aux, H0, tol, batch_size,
+                                              unroll=True)
+    return NNLSResult(h, n_iter, residual, converged)
+  if not quadratic:
+    guard = _not_differentiable(
+        "the L1 (least absolute deviations) fit is not differentiable in conejax; use the "
+        "l2 loss to differentiate through the codes.")
+    inputs = tuple(problem)
+    problem = jax.tree.map(lax.stop_gradient, problem)
+    aux = solver.prepare(problem)
+    h, n_iter, residual, converged = _chunked(solver, problem, aux, H0, tol, batch_size,
+                                              unroll=False)
+    return NNLSResult(guard(h, inputs), n_iter, residual, converged)
+  if problem.matrix_free:
+    guard = _not_differentiable(
+        "differentiation='implicit' needs one Gram matrix for all samples; with one "
+        "operator per sample pass differentiation='unroll' to differentiate the iterations.")
+    inputs = (problem.C, problem.mu)
+    problem = QuadraticProblem(problem.G, lax.stop_gradient(problem.C),
+                               lax.stop_gradient(problem.mu),
+                               lax.stop_gradient(problem.lipschitz))
+    aux = solver.prepare(problem)
+    h, n_iter, residual, converged = _chunked(solver, problem, aux, H0, tol, batch_size,
+                                              unroll=False)
+    return NNLSResult(guard(h, inputs), n_iter, residual, converged)
+  aux = solver.prepare(QuadraticProblem(lax.stop_gradient(problem.G), problem.C, problem.mu))
+  aux = jax.tree.map(lax.stop_gradient, aux)
+  h, n_iter, residual, converged = _implicit(solver, tol, batch_size, problem.G, problem.C,
+                                             problem.mu, lax.stop_gradient(H0), aux)
+  return NNLSResult(h, n_iter, residual, converged)
