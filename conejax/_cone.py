@@ -119,7 +119,8 @@ def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
   X = _check_samples(cones, X)
   solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
                                            batch_size=batch_size,
-                                           differentiation=differentiation, penalty=penalty)
+                                           differentiation=differentiation, penalty=penalty,
+                                           n_atoms=cones.W.shape[-1])
   H0 = jnp.zeros(X.shape[:-1] + cones.W.shape[:1] + cones.W.shape[-1:], cones.W.dtype)
   out = _nnls.solve_dictionary(cones.W, X, cones.mu_h, H0, solver=solver, batch_size=batch_size,
                         differentiation=differentiation, penalty=penalty)

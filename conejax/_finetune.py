@@ -213,7 +213,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   eval_every = _checks.check_positive_int(eval_every, "eval_every")
   solver, _ = _nnls.check_options(solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
-                                  differentiation=differentiation)
+                                  differentiation=differentiation, n_atoms=cones.W.shape[-1])
   if not float(temperature) > 0:
     raise ValueError(f"temperature must be > 0; got {temperature}.")
   tau = float(_checks.check_penalty(tau, "tau"))

@@ -229,7 +229,8 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
   solver, batch_size = _nnls.check_options(
       solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
-      differentiation=differentiation, loss=loss, matrix_free=per_sample_operator and loss == "l2")
+      differentiation=differentiation, loss=loss, matrix_free=per_sample_operator and loss == "l2",
+      n_atoms=W.shape[-1] * (W.shape[0] if select == "union" else 1))
   if per_sample_operator and loss == "l2" and not solver.matrix_free_ok:
     raise ValueError(f"solver={type(solver).__name__} needs one operator shared by all "
                      "samples (a Gram matrix); per-sample operators are solved matrix-free "
@@ -310,7 +311,7 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
   solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
                                            batch_size=batch_size, differentiation="implicit",
-                                           penalty=penalty)
+                                           penalty=penalty, n_atoms=W.shape[0] * W.shape[2])
   options = tuple(sorted(dict(solver=solver, batch_size=batch_size, penalty=penalty).items()))
   parts, out = _separate(W.astype(dtype), V.astype(dtype), mu, wiener=bool(wiener),
                          options=options)

@@ -92,13 +92,14 @@ def warm_start(h0, shape, dtype):
 
 
 def check_options(solver, *, max_iter, tol, batch_size, differentiation, penalty="absolute",
-                  loss="l2", matrix_free=False):
+                  loss="l2", matrix_free=False, n_atoms=None):
   """Validates the shared solver options; returns the solver object and batch_size."""
   _checks.check_choice(differentiation, "differentiation", solvers.DIFFERENTIATIONS)
   _checks.check_choice(penalty, "penalty", PENALTIES)
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   solver = solvers.resolve(solver, loss=loss, matrix_free=matrix_free,
-                           differentiation=differentiation, max_iter=max_iter, tol=tol)
+                           differentiation=differentiation, max_iter=max_iter, tol=tol,
+                           n_atoms=n_atoms)
   return solver, batch_size
 
 
@@ -139,7 +140,8 @@ def nnls_gram(G, C, mu=0.0, *, solver="auto", max_iter: int | None = None,
     G: (d, d) symmetric positive semi-definite Gram matrix W^T W.
     C: (..., d) right-hand sides W^T v, one per sample.
     mu: scalar L1 weight >= 0 (may be traced: sweep, vmap or differentiate it).
-    solver: a ``conejax.solvers`` object, or "auto" (default: ``ActiveSet``, exact),
+    solver: a ``conejax.solvers`` object, or "auto" (default: ``ActiveSet``, exact, for
+      up to 128 atoms; ``ADMM`` above),
       "active_set", "apg" or "admm" (see the README's solver section for what each is
       for).
     max_iter: iteration cap of a named solver; None is its default (ActiveSet 1000
@@ -171,7 +173,8 @@ def nnls_gram(G, C, mu=0.0, *, solver="auto", max_iter: int | None = None,
   dtype = jnp.result_type(G, C)
   mu = _checks.check_penalty(mu, "mu").astype(dtype)
   solver, batch_size = check_options(solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
-                                     differentiation=differentiation, penalty=penalty)
+                                     differentiation=differentiation, penalty=penalty,
+                                     n_atoms=G.shape[0])
   _checks.check_finite(G, "G")
   _checks.check_finite(C, "C")
   H0 = warm_start(h0, C.shape, dtype)
@@ -223,7 +226,8 @@ def nnls(W, V, mu=0.0, *, solver="auto", max_iter: int | None = None,
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu, "mu").astype(dtype)
   solver, batch_size = check_options(solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
-                                     differentiation=differentiation, penalty=penalty)
+                                     differentiation=differentiation, penalty=penalty,
+                                     n_atoms=W.shape[-1])
   H0 = warm_start(h0, V.shape[:-1] + W.shape[:-2] + W.shape[-1:], dtype)
   out = solve_dictionary(W.astype(dtype), V.astype(dtype), mu, H0, solver=solver,
                   batch_size=batch_size, differentiation=differentiation, penalty=penalty)

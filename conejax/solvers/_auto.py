@@ -2,9 +2,11 @@
 
 Strings are aliases for solver objects with default settings: "apg" (``APG``), "admm"
 (``ADMM``), "active_set" (``ActiveSet``), "pdhg" (``PDHG``, the L1 problem) and "auto".
-"auto" picks ``ActiveSet`` for the quadratic problem with a Gram matrix (exact, and the
-fastest measured in ``experiments/bench_nnls.py`` on every problem there), ``APG`` where
-the iterations must be unrolled or G is matrix-free, and ``PDHG`` for the L1 problem.
+"auto" picks ``ActiveSet`` for the quadratic problem with a Gram matrix of at most
+ACTIVE_SET_MAX_ATOMS = 128 atoms (exact), ``ADMM`` above (on the 640-atom union of MNIST
+class cones the active set's passive sets are large and it was 400x slower than ADMM in
+``experiments/bench_nnls.py``), ``APG`` where the iterations must be unrolled or G is
+matrix-free, and ``PDHG`` for the L1 problem.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ L1_NAMES = ("auto", "pdhg")
 _CLASSES = {"apg": APG, "admm": ADMM, "active_set": ActiveSet, "pdhg": PDHG}
 
 
+ACTIVE_SET_MAX_ATOMS = 128
+
+
 def resolve(solver, *, loss: str = "l2", matrix_free: bool = False,
-            differentiation: str = "implicit", max_iter=None, tol=None) -> AbstractSolver:
+            differentiation: str = "implicit", max_iter=None, tol=None,
+            n_atoms: int | None = None) -> AbstractSolver:
   """A solver object from a name or an object; ``max_iter`` / ``tol`` set a named one.
 
   Raises:
@@ -46,6 +52,8 @@ def resolve(solver, *, loss: str = "l2", matrix_free: bool = False,
       solver = "pdhg"
     elif matrix_free or differentiation == "unroll":
       solver = "apg"
+    elif n_atoms is not None and n_atoms > ACTIVE_SET_MAX_ATOMS:
+      solver = "admm"
     else:
       solver = "active_set"
   settings = {}

@@ -132,13 +132,17 @@ def _overflow(G, Q, support, ridge, x, remaining):
     x, remaining = carry
     rows, valid = _gather(remaining[None], block)
     rows, valid = rows[0], valid[0]
-    sub = support[rows] & valid[:, None]
+    # Padding entries point past the end: dropped on write, so no duplicate row can
+    # overwrite a fresh solution.
+    rows = jnp.where(valid, rows, n)
+    read = jnp.minimum(rows, n - 1)
+    sub = support[read] & valid[:, None]
     largest = jnp.max(jnp.sum(sub, axis=-1))
     which = jnp.minimum(jnp.searchsorted(jnp.asarray(options), largest), len(options) - 1)
     branches = [functools.partial(_gathered, P=P, lapack=True) for P in options]
-    solved = lax.switch(which, branches, G, Q[rows], sub, ridge)
-    x = x.at[rows].set(jnp.where(valid[:, None], solved, x[rows]))
-    return x, remaining.at[rows].set(False)
+    solved = lax.switch(which, branches, G, Q[read], sub, ridge)
+    x = x.at[rows].set(solved, mode="drop")
+    return x, remaining.at[rows].set(False, mode="drop")
 
   return lax.while_loop(lambda c: jnp.any(c[1]), body, (x, remaining))[0]
 
