@@ -150,6 +150,7 @@ def reconstruct_check(dictionary, A, mesh, **options):
   ref = conejax.reconstruct(dictionary, X, A, **options)
   errors = {name: rel(getattr(out, name), getattr(ref, name)) for name in ("u", "misfit")}
   assert max(errors.values()) <= RTOL and np.array_equal(out.cone, ref.cone), errors
+  assert np.array_equal(out.converged, ref.converged), (out.converged, ref.converged)
   return f"u {errors['u']:.1e}, misfit {errors['misfit']:.1e}"
 
 

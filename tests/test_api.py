@@ -5,7 +5,7 @@ import inspect
 import conejax
 
 # Leading arguments that may be positional: the data and the maths' own symbols.
-POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nnls_init": 5, "nnls_step": 5, "nmf": 2,
+POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nmf": 2,
               "nmf_per_class": 3, "nmf_objective": 5, "fit_cones": 3, "make_cones": 4,
               "codes": 2, "project": 2, "distance": 2, "log_likelihood": 3,
               "predict_proba": 3, "predict": 2, "score": 3, "save": 2, "load": 1,

@@ -86,7 +86,7 @@ def test_gradient_with_per_sample_masks_unrolled(route):
   if route == "unroll":
     _check_directional(f, X, rng)
   else:  # the per-sample matrix-free solver has no implicit route: reverse mode refuses it
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="differentiation='unroll'"):
       jax.grad(lambda X_: jnp.sum(conejax.reconstruct(
           W[0], X_ * masks, A, mu_h=0.05, per_sample_operator=True).u))(X)
 

@@ -9,7 +9,10 @@ import optax
 import pytest
 
 import conejax
-from conejax import _finetune
+from conejax import _finetune, solvers
+
+# The solver finetune builds from solver="auto", tol=1e-12, max_iter=5000 (exact codes).
+EXACT = solvers.resolve("auto", max_iter=5000, tol=1e-12)
 
 
 def _two_classes(seed=0, n=60, m=10, d=2):
@@ -26,8 +29,7 @@ def _two_classes(seed=0, n=60, m=10, d=2):
 def test_squared_distances_equal_those_of_distance():
   cones, X, _, _ = _two_classes()
   np.testing.assert_allclose(
-      _finetune.squared_distances(cones.W, jnp.asarray(X), cones.mu_h, tol=1e-12,
-                                  max_iter=5000),
+      _finetune.squared_distances(cones.W, jnp.asarray(X), cones.mu_h, solver=EXACT),
       conejax.distance(cones, X, tol=1e-12) ** 2, rtol=1e-9)
 
 
@@ -62,7 +64,7 @@ def test_one_step_is_a_projected_optax_step_on_the_full_batch():
                          score=lambda c: next(counter), tol=1e-12, max_iter=5000,
                          progress=False)
   loss = lambda W: _finetune.cross_entropy_loss(
-      _finetune.squared_distances(W, jnp.asarray(X), cones.mu_h, tol=1e-12, max_iter=5000),
+      _finetune.squared_distances(W, jnp.asarray(X), cones.mu_h, solver=EXACT),
       jnp.asarray(y), 1.0)
   expected = _finetune.project_dictionaries(cones.W - 0.05 * jax.grad(loss)(cones.W))
   np.testing.assert_allclose(out.cones.W, expected, rtol=1e-6, atol=1e-9)
@@ -117,6 +119,9 @@ def test_patience_stops_after_evaluations_without_improvement():
     (dict(temperature=0.0), "temperature"),
     (dict(tau=-1.0), "tau"),
     (dict(objective="hinge"), "objective"),
+    (dict(solver="newton"), "solver must be one of"),
+    (dict(solver=solvers.APG(), max_iter=10), "settings of the solver"),
+    (dict(max_iter=0), "max_iter must be a positive integer"),
     (dict(y=np.zeros(3)), "one label per row"),
     (dict(augment="shift", batch_size=8), "augment must be a function"),
     (dict(augment=lambda key, batch: batch[:, :-1], batch_size=8), "shape and dtype"),
@@ -138,8 +143,8 @@ def test_augment_transforms_each_training_batch_before_the_step():
                          score=lambda c: next(counter), tol=1e-12, max_iter=5000,
                          augment=lambda key, batch: 0.5 * batch, progress=False)
   loss = lambda W: _finetune.cross_entropy_loss(
-      _finetune.squared_distances(W, 0.5 * jnp.asarray(X), cones.mu_h, tol=1e-12,
-                                  max_iter=5000), jnp.asarray(y), 1.0)
+      _finetune.squared_distances(W, 0.5 * jnp.asarray(X), cones.mu_h, solver=EXACT),
+      jnp.asarray(y), 1.0)
   expected = _finetune.project_dictionaries(cones.W - 0.05 * jax.grad(loss)(cones.W))
   np.testing.assert_allclose(out.cones.W, expected, rtol=1e-6, atol=1e-9)
 

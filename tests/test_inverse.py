@@ -46,6 +46,7 @@ def test_l2_matches_scipy_on_the_materialised_problem(name, mu):
   A = _operators(rng)[name]
   V = operators.apply(A, U) + 0.05 * rng.standard_normal((len(U), A.out_size))
   out = conejax.reconstruct(W[0], V, A, mu_h=mu)
+  assert out.converged.shape == (len(V),) and np.all(out.converged)
   B = np.asarray(operators.materialise(A, dtype=jnp.float64)) @ np.asarray(W[0])
   objective = lambda h, v: 0.5 * np.sum((B @ h - v) ** 2) + mu * np.sum(h)
   for v, h, u in zip(np.asarray(V), np.asarray(out.h), np.asarray(out.u)):
@@ -63,6 +64,7 @@ def test_l1_matches_linear_programming(mu):
   V = np.array(operators.apply(A, U))
   V[:, ::5] = 1.0  # impulsive noise
   out = conejax.reconstruct(W[0], V, A, mu_h=mu, loss="l1", tol=1e-9, max_iter=50000)
+  assert np.all(out.converged)
   B = np.asarray(operators.materialise(A, dtype=jnp.float64)) @ np.asarray(W[0])
   k, d = B.shape
   for v, h, misfit in zip(V, np.asarray(out.h), np.asarray(out.misfit)):
@@ -173,6 +175,11 @@ def test_bad_input():
   with pytest.raises(ValueError, match="leading axis of N"):
     conejax.reconstruct(W, U, jax.vmap(operators.mask)(jnp.ones((2, M))),
                         per_sample_operator=True)
+  with pytest.raises(ValueError, match="one operator shared by all samples"):
+    conejax.reconstruct(W, U, jax.vmap(operators.mask)(jnp.ones((len(U), M))),
+                        per_sample_operator=True, solver="active_set")
+  with pytest.raises(ValueError, match="solver must be one of"):
+    conejax.reconstruct(W, U, solver="pdhg")
   with pytest.raises(ValueError, match="mu_h must be a finite number >= 0"):
     conejax.reconstruct(W, U, mu_h=-1.0)
   with pytest.raises(ValueError, match="NaN or Inf"):

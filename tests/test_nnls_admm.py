@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import Lasso
 
 import conejax
-from conejax import _nnls_admm, operators
+from conejax import operators, solvers
 from helpers import TOL, nnls_objective, random_problem, scipy_nnls
 
 DTYPES = [np.float32, np.float64]
@@ -32,7 +32,8 @@ def test_matches_scipy_on_random_problems(dtype, transform):
   result = transform(lambda W, V: conejax.nnls(W, V, solver="admm"))(W, V)
   assert result.h.dtype == dtype and result.h.shape == (50, 12)
   assert np.all(result.h >= 0)
-  assert np.all(result.residual <= _nnls_admm.default_tol(dtype))
+  assert np.all(result.residual <= solvers.ADMM().default_tol(dtype))
+  assert np.all(result.converged)
   ours, exact = nnls_objective(W, V, result.h), nnls_objective(W, V, scipy_nnls(W, V))
   assert np.max((ours - exact) / exact) <= TOL[dtype]
   assert np.min(ours - exact) >= -TOL[dtype] * np.max(exact)
@@ -142,7 +143,8 @@ def test_reconstruct_and_separate_match_scipy(dtype):
 
 @pytest.mark.parametrize("call, message", [
     (lambda W, V: conejax.nnls(W, V, solver="newton"), "solver must be one of"),
-    (lambda W, V: conejax.reconstruct(W, V, loss="l1", solver="admm"), "needs the l2 loss"),
+    (lambda W, V: conejax.reconstruct(W, V, loss="l1", solver="admm"),
+     r"solver must be one of \('auto', 'pdhg'\)"),
     (lambda W, V: conejax.reconstruct(
         W, V, jax.vmap(operators.mask)(np.ones_like(V)), per_sample_operator=True,
         solver="admm"), "one operator shared by all samples"),

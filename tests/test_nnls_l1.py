@@ -8,7 +8,7 @@ from jax import lax
 from scipy.optimize import linprog
 
 import conejax
-from conejax import _nnls_l1
+from conejax import _nnls_l1, solvers
 from conejax._nnls_l1 import nnls_l1
 
 DTYPES = [np.float32, np.float64]
@@ -46,7 +46,16 @@ def linprog_l1(B, V, mu=0.0):
 
 def tolerance(dtype):
   # error <= tol bounds (P(h) - P*) / ||v||_1 for non-negative B, up to rounding.
-  return _nnls_l1.default_tol(dtype) + 50 * np.finfo(dtype).eps
+  return default_tol(dtype) + 50 * np.finfo(dtype).eps
+
+
+def default_tol(dtype):
+  return solvers.PDHG().default_tol(dtype)
+
+
+def kernel(B, V, mu=0.0, solver=solvers.PDHG()):
+  """The vmappable kernel: the driver on one L1 problem, without value checks."""
+  return solvers.solve(solver, solvers.L1Problem(B, V, mu))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -55,7 +64,7 @@ def test_matches_linear_program(dtype, mu):
   B, V = l1_problem(0, dtype=dtype)
   result = nnls_l1(B, V, mu)
   assert result.h.dtype == dtype and result.h.shape == (8, 10) and np.all(result.h >= 0)
-  assert np.all(result.residual <= _nnls_l1.default_tol(dtype))
+  assert np.all(result.residual <= default_tol(dtype)) and np.all(result.converged)
   ours, exact = l1_objective(B, V, result.h, mu), l1_objective(B, V, linprog_l1(B, V, mu), mu)
   scale = np.sum(np.abs(np.asarray(V, np.float64)), axis=1)
   assert np.max((ours - exact) / scale) <= tolerance(dtype)
@@ -72,9 +81,9 @@ def test_codes_match_a_unique_lp_solution(dtype):
 
 def test_plain_steps_reach_the_same_optimum():
   B, V = l1_problem(2)
-  plain = nnls_l1(B, V, 0.3, precondition=False, max_iter=20_000)
+  plain = nnls_l1(B, V, 0.3, solver=solvers.PDHG(precondition=False, max_iter=20_000))
   exact = l1_objective(B, V, linprog_l1(B, V, 0.3), 0.3)
-  assert np.all(plain.residual <= _nnls_l1.default_tol(np.float64))
+  assert np.all(plain.residual <= default_tol(np.float64)) and np.all(plain.converged)
   assert np.max((l1_objective(B, V, plain.h, 0.3) - exact) / np.abs(V).sum(1)) <= 1e-7
 
 
@@ -82,14 +91,20 @@ def test_dual_certifies_optimality():
   B, V = l1_problem(3)
   mu = 0.2
 
-  @jax.jit
-  def user_loop(B, V, mu):  # init and step compose into the user's own loop
-    state = _nnls_l1.init(B, V, mu)
-    return lax.while_loop(lambda s: jnp.any(s.error > 1e-9),
-                          lambda s: _nnls_l1.step(s, B, V, mu, 1e-9), state)
+  solver = solvers.PDHG(tol=1e-9)
 
-  state = user_loop(B, V, mu)
+  @jax.jit
+  def user_loop(B, V, mu):  # prepare, init and step compose into the user's own loop
+    problem = solvers.L1Problem(B, V, mu)
+    aux = solver.prepare(problem)
+    state = solver.init(problem, aux, jnp.zeros((V.shape[0], B.shape[1]), V.dtype))
+    state = lax.while_loop(lambda s: jnp.any(solver.residual(problem, aux, s) > 1e-9),
+                           lambda s: solver.step(problem, aux, s), state)
+    return state, solver.solution(problem, aux, state)
+
+  state, solution = user_loop(B, V, mu)
   h, y = np.asarray(state.h), np.asarray(state.y)
+  np.testing.assert_array_equal(solution, h)
   np.testing.assert_array_equal(state.h_z, h)  # converged samples sit at the certified point
   assert np.all(h >= 0) and np.all(np.abs(y) <= 1)
   slack = y @ B + mu  # dual feasibility: B^T y + mu >= 0
@@ -104,11 +119,14 @@ def test_dual_certifies_optimality():
 
 def test_iterates_stay_feasible_in_a_user_loop():
   B, V = l1_problem(4)
-  state = jax.jit(_nnls_l1.init)(B, V, 0.1, np.full((8, 10), -1.0))
+  solver = solvers.PDHG(tol=0.0)  # steps every sample
+  problem = solvers.L1Problem(B, V, 0.1)
+  aux = jax.jit(solver.prepare)(problem)
+  state = jax.jit(solver.init)(problem, aux, np.full((8, 10), -1.0))
   assert np.all(state.h == 0)
-  step = jax.jit(_nnls_l1.step)
+  step = jax.jit(solver.step)
   for _ in range(50):
-    state = step(state, B, V, 0.1)
+    state = step(problem, aux, state)
     assert np.all(state.h >= 0) and np.all(np.abs(state.y) <= 1)
 
 
@@ -142,7 +160,7 @@ def test_vmap_over_samples_equals_loop_and_batch():
 def test_stacked_dictionaries_by_vmap_equal_one_at_a_time():
   B, V = l1_problem(7)
   stack = np.stack([B, B[::-1] * 2, np.sqrt(B)])
-  out = jax.vmap(_nnls_l1.solve, (0, None))(stack, V)
+  out = jax.vmap(lambda b: kernel(b, V))(stack)
   public = jax.vmap(lambda b: nnls_l1(b, V, 0.1).h)(stack)
   assert out.h.shape == (3, 8, 10) and out.n_iter.shape == (3, 8)
   for k in range(3):
@@ -174,7 +192,7 @@ def test_zero_data_and_dead_atoms():
   np.testing.assert_array_equal(zero.n_iter, 0)
   out = nnls_l1(B, V, 0.1)
   assert np.all(np.isfinite(out.h)) and np.all(out.h[:, 1] == 0)
-  assert np.all(out.residual <= _nnls_l1.default_tol(np.float64))
+  assert np.all(out.residual <= default_tol(np.float64)) and np.all(out.converged)
   assert np.all(np.isfinite(nnls_l1(np.zeros_like(B), V).h))
 
 
@@ -195,9 +213,9 @@ def test_robust_to_salt_and_pepper_where_least_squares_is_not():
 def test_no_recompilation_on_second_call():
   B, V = l1_problem(12, dtype=np.float32)
   nnls_l1(B, V)
-  before = _nnls_l1._solve_jit._cache_size()
+  before = _nnls_l1._nnls_l1_jit._cache_size()
   nnls_l1(B + 1, V * 2, 0.5)
-  assert _nnls_l1._solve_jit._cache_size() == before
+  assert _nnls_l1._nnls_l1_jit._cache_size() == before
 
 
 @pytest.mark.parametrize("call, message", [
@@ -211,7 +229,15 @@ def test_no_recompilation_on_second_call():
     (lambda B, V: nnls_l1(B, V, batch_size=2.5), "batch_size must be a positive integer"),
     (lambda B, V: nnls_l1(B, V, tol=-1.0), "tol must be a finite number >= 0"),
     (lambda B, V: nnls_l1(B, V, h0=np.zeros(3)), "h0 must have the shape"),
-    (lambda B, V: _nnls_l1.solve(B, V[:, :-1]), "B must have shape"),
+    (lambda B, V: jax.vmap(lambda b: nnls_l1(b, V[:, :-1]))(np.stack([B, B])),
+     "V must have shape"),
+    (lambda B, V: nnls_l1(B, V, solver="admm"), r"solver must be one of \('auto', 'pdhg'\)"),
+    (lambda B, V: nnls_l1(B, V, solver=solvers.APG()), "cannot solve this problem"),
+    (lambda B, V: nnls_l1(B, V, solver=solvers.PDHG(), max_iter=10), "settings of the solver"),
+    (lambda B, V: nnls_l1(B, V, solver=solvers.PDHG(), tol=1e-3), "settings of the solver"),
+    (lambda B, V: kernel(B, V, solver=solvers.APG()), "APG solves QuadraticProblem"),
+    (lambda B, V: solvers.PDHG(max_iter=0), "max_iter must be a positive integer"),
+    (lambda B, V: solvers.PDHG(tol=np.nan), "tol must be a finite number >= 0"),
 ])
 def test_bad_input_raises_a_clear_error(call, message):
   B, V = l1_problem(13, k=8, d=3, n=4)
@@ -223,5 +249,5 @@ def test_shape_errors_raise_under_jit():
   B, V = l1_problem(14, k=8, d=3, n=4)
   with pytest.raises(ValueError, match="V must have shape"):
     jax.jit(nnls_l1)(B, V[:, :5])
-  with pytest.raises(ValueError, match="B must have shape"):
-    jax.vmap(_nnls_l1.solve, (0, None))(jnp.ones((2, 8, 3)), V[:, :5])
+  with pytest.raises(ValueError, match="V must have shape"):
+    jax.vmap(lambda b: nnls_l1(b, V[:, :5]))(jnp.ones((2, 8, 3)))

@@ -27,7 +27,7 @@ def test_nnls_is_finite_feasible_and_scale_equivariant(problem):
   result = conejax.nnls(W, V, mu * np.abs(V).max())
   h = np.asarray(result.h)
   assert np.all(np.isfinite(h)) and np.all(h >= 0)
-  assert np.all(result.residual <= 1e-10)
+  assert np.all(result.residual <= 1e-10) and np.all(result.converged)
   scaled = np.asarray(conejax.nnls(W, 3.0 * V, 3.0 * mu * np.abs(V).max()).h)
   np.testing.assert_allclose(scaled, 3.0 * h, rtol=1e-6, atol=1e-9 * np.abs(h).max() + 1e-300)
 

@@ -163,23 +163,26 @@ class ActiveSet(_protocol.AbstractSolver):
     return self._start(problem, aux, h > 0)
 
   def _start(self, problem, aux, passive) -> ActiveSetState:
-    x, grad = self._partition(problem, aux, passive)
-    infeasible = self._infeasible(problem, aux, x, grad, passive)
-    count = jnp.sum(infeasible, axis=-1).astype(jnp.int32)
+    """The state before the first solve: ``step`` solves this partition without exchanging
+    (``best`` is then d + 2, above any count), so every solve is traced once, in ``step``."""
     d = problem.C.shape[-1]
     n = problem.C.shape[:-1]
-    return ActiveSetState(x, grad, passive, jnp.full(n, d + 1, jnp.int32),
-                          jnp.full(n, self.backup, jnp.int32), count.astype(x.dtype))
+    x = jnp.zeros_like(problem.C)
+    return ActiveSetState(x, jnp.zeros_like(x), passive, jnp.full(n, d + 2, jnp.int32),
+                          jnp.full(n, self.backup, jnp.int32), jnp.full(n, d + 1, x.dtype))
 
   def step(self, problem: QuadraticProblem, aux: ActiveSetAux,
            state: ActiveSetState) -> ActiveSetState:
+    d = state.h.shape[-1]
+    fresh = state.best > d + 1           # the starting partition, not yet solved
     infeasible = self._infeasible(problem, aux, state.h, state.grad, state.passive)
+    infeasible = infeasible & ~fresh[:, None]
     count = jnp.sum(infeasible, axis=-1).astype(jnp.int32)
     better = count < state.best
     full = better | (state.backup >= 1)
-    best = jnp.where(better, count, state.best)
-    backup = jnp.where(better, self.backup, jnp.where(full, state.backup - 1, state.backup))
-    d = state.h.shape[-1]
+    best = jnp.where(fresh, d + 1, jnp.where(better, count, state.best))
+    backup = jnp.where(better | fresh, self.backup,
+                       jnp.where(full, state.backup - 1, state.backup))
     columns = jnp.arange(d)[None]
     last = jnp.max(jnp.where(infeasible, columns, -1), axis=-1, keepdims=True)
     single = columns == last

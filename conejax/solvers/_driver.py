@@ -142,6 +142,24 @@ def _implicit_bwd(solver, tol, batch_size, residuals, cotangents):
 _implicit.defvjp(_implicit_fwd, _implicit_bwd)
 
 
+def _check_shapes(problem, quadratic):
+  """Static shape checks, so a wrong problem fails here and not deep inside a solver."""
+  if quadratic:
+    C = problem.C
+    if jnp.ndim(C) != 2:
+      raise ValueError(f"C must have shape (n, d), samples as rows; got {jnp.shape(C)}.")
+    if not problem.matrix_free and jnp.shape(problem.G) != (C.shape[1], C.shape[1]):
+      raise ValueError(f"G must have shape (d, d) = {(C.shape[1],) * 2} for C of shape "
+                       f"{C.shape}; got {jnp.shape(problem.G)}.")
+  else:
+    B, V = problem.B, problem.V
+    if jnp.ndim(B) != 2 or jnp.ndim(V) != 2 or V.shape[1] != B.shape[0]:
+      raise ValueError(f"B must have shape (k, d) and V (n, k) with the same k; got B "
+                       f"{jnp.shape(B)} and V {jnp.shape(V)}. Samples are rows.")
+  if jnp.ndim(problem.mu) != 0:
+    raise ValueError(f"mu must be a scalar; got shape {jnp.shape(problem.mu)}.")
+
+
 def solve(solver, problem, h0=None, *, batch_size: int = 2048,
           differentiation: str = "implicit") -> NNLSResult:
   """Solves every sample of ``problem`` with ``solver``; traceable (call it inside jit).
@@ -164,7 +182,10 @@ def solve(solver, problem, h0=None, *, batch_size: int = 2048,
                      f"{differentiation!r}.")
   quadratic = isinstance(problem, QuadraticProblem)
   rows = problem.C if quadratic else problem.V
+  _check_shapes(problem, quadratic)
   d = problem.C.shape[-1] if quadratic else problem.B.shape[-1]
+  if h0 is not None and jnp.shape(h0) != rows.shape[:-1] + (d,):
+    raise ValueError(f"h0 must have shape {rows.shape[:-1] + (d,)}; got {jnp.shape(h0)}.")
   H0 = jnp.zeros(rows.shape[:-1] + (d,), rows.dtype) if h0 is None else h0
   tol = solver.stopping_tol(rows.dtype)
   name = type(solver).__name__

@@ -181,47 +181,29 @@ def is_concrete(*arrays) -> bool:
   return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(arrays))
 
 
-def warn_if_not_converged(result: NNLSResult, where: str, stacklevel: int = 3) -> None:
+def warn_if_not_converged(result, where: str, stacklevel: int = 3) -> None:
   """Emits ``ConvergenceWarning`` when a concrete result has samples that did not converge.
 
-  Does nothing under ``jit``/``vmap``/``grad`` tracing, where values are unknown; there
-  ``result.converged`` says the same.
+  ``result`` is any result with a ``converged`` field (and optionally ``residual``: the
+  warning then names the worst one). Does nothing under ``jit``/``vmap``/``grad``
+  tracing, where values are unknown; there ``result.converged`` says the same.
   """
   converged = getattr(result, "converged", None)
-  if converged is None or not is_concrete(converged, result.residual):
+  residual = getattr(result, "residual", None)
+  if converged is None or not is_concrete(converged, residual):
     return
   converged = np.asarray(converged)
   if converged.all():
     return
-  residual = np.asarray(result.residual)
   failed = ~converged
+  worst = ""
+  if residual is not None:
+    worst = f" (worst residual {float(np.max(np.asarray(residual)[failed])):.3g})"
   warnings.warn(
       f"{where}: {int(failed.sum())} of {converged.size} solves stopped at max_iter above "
-      f"their tolerance (worst residual {float(np.max(residual[failed])):.3g}). Raise "
-      f"max_iter, loosen tol, or use solver='active_set' for an exact answer; "
-      f"result.converged marks them.", ConvergenceWarning, stacklevel=stacklevel)
-
-
-def check_penalty_scale(mu, C, where: str, stacklevel: int = 3) -> None:
-  """Warns when mu (Gram form) zeroes most codes: mu >= max_j c_j for most samples.
-
-  For c = W^T v, h = 0 is the solution exactly when mu >= max(c) (the KKT conditions at
-  zero); the largest useful penalty of a sample is therefore max(W^T v).
-  """
-  if not is_concrete(mu, C):
-    return
-  mu = float(np.asarray(mu))
-  if mu <= 0:
-    return
-  C = np.asarray(C)
-  top = np.max(C.reshape(-1, C.shape[-1]), axis=-1)
-  zeroed = top <= mu
-  if zeroed.mean() > 0.5:
-    warnings.warn(
-        f"{where}: the penalty {mu:.3g} zeroes every code of {int(zeroed.sum())} of "
-        f"{zeroed.size} samples; the largest useful value is max(W^T v) "
-        f"(median {float(np.median(top)):.3g} here). Lower it, or set it relative to each "
-        f"sample with penalty='relative'.", UserWarning, stacklevel=stacklevel)
+      f"their tolerance{worst}. Raise max_iter or loosen tol; for least squares, "
+      f"solver='active_set' is exact. result.converged marks them.", ConvergenceWarning,
+      stacklevel=stacklevel)
 
 
 def tree_select(pred, new, old):
