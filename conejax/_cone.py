@@ -81,7 +81,10 @@ def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: st
     y: (N,) class labels.
     rank: atoms per class.
     key: PRNG key of the initialisation.
-    mu_w, mu_h: L1 weights of the NMF; ``mu_h`` is also the projection's penalty.
+    mu_w, mu_h: L1 weights of the NMF, 0.5 ||U - H W^T||^2 + mu_w |W|_1 + mu_h |H|_1;
+      ``mu_h`` is also the projection's penalty, with the same meaning: the atoms are kept
+      at unit norm during training (``unit_atoms=True``), so the training codes are the
+      projections' codes ``codes(cones, X)`` at a converged fit.
     method, init, max_iter, tol, class_batch_size: as in ``nmf_per_class``.
 
   Returns:
@@ -89,7 +92,7 @@ def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: st
   """
   fit = _nmf.nmf_per_class(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method,
                            init=init, max_iter=max_iter, tol=tol,
-                           class_batch_size=class_batch_size)
+                           class_batch_size=class_batch_size, unit_atoms=True)
   norm = jnp.linalg.norm(fit.W, axis=1, keepdims=True)
   W = fit.W / jnp.where(norm > 0, norm, 1)
   settings = dict(rank=rank, mu_w=float(mu_w), mu_h=float(mu_h), method=method, init=init,

@@ -1,6 +1,6 @@
 """Sparse NMF drivers: one dictionary, or one per class in a single batched computation.
 
-Minimises ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 and H >= 0, with the
+Minimises 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 and H >= 0, with the
 samples as rows of U (N, m), atoms as the columns of W (m, d) and codes H (N, d).
 
 Scale. For any diagonal S > 0, (W S, H S^-1) fits U as well as (W, H). Without penalties
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _nmf_init, _nmf_steps
+from conejax import _checks, _nmf_init, _nmf_steps, solvers
 
 _METHODS = ("mu", "hals", "anls")
 _INITS = tuple(_nmf_init.INITS)
@@ -77,39 +77,59 @@ def _iterate(step, W, H, norm_u2, *, max_iter, tol):
   return W, H, jnp.where(jnp.arange(max_iter) < n_iter, history, final), n_iter
 
 
-def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner):
-  """The jittable core: runs outer steps until max_iter or a relative decrease < tol."""
+def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner, unit_atoms=False):
+  """The jittable core: runs outer steps until max_iter or a relative decrease < tol.
+
+  With ``unit_atoms`` every step starts from unit-norm atoms (H rescaled to match), so each
+  H update solves the projection's problem on unit atoms; the returned atoms are unit and
+  the returned H is their exact sparse code (``conejax.solvers``, "auto"), so H is what
+  ``codes`` gives the training data.
+  """
   update = _nmf_steps.UPDATES[method]
   Ut = U.T
   norm_u2 = jnp.sum(U**2)
 
   def step(W, H):
+    if unit_atoms:
+      W, H = _unit_atoms(W, H)
     W, H, A, B = _nmf_steps.outer_step(update, U, Ut, W, H, mu_w, mu_h, inner)
     H = H * mask[:, None]
     return W, H, _nmf_steps.objective_from_stats(norm_u2, W, H, A, B, mu_w, mu_h)
 
   W, H, history, n_iter = _iterate(step, W, H, norm_u2, max_iter=max_iter, tol=tol)
+  if unit_atoms:
+    W, _ = _unit_atoms(W, H)
+    solver = solvers.resolve("auto", n_atoms=W.shape[1])
+    problem = solvers.QuadraticProblem(_nmf_steps.gram(W), _nmf_steps.dot(U, W), mu_h)
+    return W, solvers.solve(solver, problem).h * mask[:, None], history, n_iter
   W, H = _normalise_atoms(W, H, mu_w, mu_h)
   return W, H, history, n_iter
 
 
-_STATIC = ("method", "max_iter", "tol", "inner")
+def _unit_atoms(W, H):
+  norm = jnp.linalg.norm(W, axis=0)
+  scale = jnp.where(norm > 0, norm, 1)
+  return W / scale[None], H * scale[None]
+
+
+_STATIC = ("method", "max_iter", "tol", "inner", "unit_atoms")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("init",))
-def _nmf_jit(key, U, W0, H0, mu_w, mu_h, *, init, method, max_iter, tol, inner):
+def _nmf_jit(key, U, W0, H0, mu_w, mu_h, *, init, method, max_iter, tol, inner, unit_atoms):
   mask = jnp.ones(U.shape[:1], U.dtype)
   if init is not None:
     W0, H0 = _nmf_init.INITS[init](key, U, W0.shape[1], mask)
   return _fit(U, mask, W0, H0, mu_w, mu_h, method=method, max_iter=max_iter, tol=tol,
-              inner=inner)
+              inner=inner, unit_atoms=unit_atoms)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("init", "rank", "class_batch_size"))
 def _nmf_per_class_jit(keys, U, mask, mu_w, mu_h, *, rank, init, method, max_iter, tol,
-                       inner, class_batch_size):
+                       inner, class_batch_size, unit_atoms):
   init_fn = _nmf_init.INITS[init]
-  fit = functools.partial(_fit, method=method, max_iter=max_iter, tol=tol, inner=inner)
+  fit = functools.partial(_fit, method=method, max_iter=max_iter, tol=tol, inner=inner,
+                          unit_atoms=unit_atoms)
 
   def one_class(args):
     key, U, mask = args
@@ -163,8 +183,8 @@ def _check_nmf(U, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h):
 
 def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals",
         init="nndsvda", max_iter: int = 200, tol: float = 1e-5,
-        inner_iter: int | None = None) -> NMFResult:
-  """Sparse NMF: min ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0.
+        inner_iter: int | None = None, unit_atoms: bool = False) -> NMFResult:
+  """Sparse NMF: min 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0.
 
   Args:
     U: (N, m) non-negative data, samples as rows.
@@ -181,6 +201,9 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals
     inner_iter: updates of each factor per outer iteration for "mu" and "hals" (default 1,
       the classical algorithms; more reuses the expensive products with U), or the FISTA
       iteration cap per subproblem for "anls" (default 50).
+    unit_atoms: renormalise the atoms to unit length after every iteration (H rescaled to
+      match), so that with mu_h > 0 the returned H is the penalised code of U on the
+      returned W: ``conejax.nnls(W, u, mu_h)`` of each row, the cones' projection.
 
   Returns:
     ``NMFResult`` with ``W`` (m, d), ``H`` (N, d), ``objective`` (max_iter,), ``n_iter``.
@@ -202,7 +225,8 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals
   if init is not None:
     W0 = jnp.zeros((U.shape[1], rank), U.dtype)
   W, H, history, n_iter = _nmf_jit(key, U, W0, H0, mu_w, mu_h, init=init, method=method,
-                                   max_iter=max_iter, tol=tol, inner=inner)
+                                   max_iter=max_iter, tol=tol, inner=inner,
+                                   unit_atoms=bool(unit_atoms))
   return NMFResult(W, H, history, n_iter)
 
 
@@ -239,7 +263,7 @@ def _check_per_class(X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, 
 def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
                   method: str = "hals", init: str = "nndsvda", max_iter: int = 200,
                   tol: float = 1e-5, inner_iter: int | None = None,
-                  class_batch_size: int = 5) -> NMFResult:
+                  class_batch_size: int = 5, unit_atoms: bool = False) -> NMFResult:
   """One sparse NMF dictionary per class, all classes in one jitted computation.
 
   Classes are padded to the size of the largest one and a sample mask keeps the padding
@@ -271,6 +295,7 @@ def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
   keys = jax.random.split(key, len(classes))
   W, H, history, n_iter = _nmf_per_class_jit(
       keys, U, jnp.asarray(mask, X.dtype), mu_w, mu_h, rank=rank, init=init, method=method,
-      max_iter=max_iter, tol=tol, inner=inner, class_batch_size=class_batch_size)
+      max_iter=max_iter, tol=tol, inner=inner, class_batch_size=class_batch_size,
+      unit_atoms=bool(unit_atoms))
   codes = jnp.zeros((X.shape[0], rank), X.dtype).at[index[mask]].set(H[mask])
   return NMFResult(W, codes, history, n_iter, classes)

@@ -1,6 +1,6 @@
 """One outer iteration of sparse NMF: multiplicative updates, HALS and ANLS.
 
-Minimises ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 (m, d) and H >= 0 (N, d),
+Minimises 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 (m, d) and H >= 0 (N, d),
 samples as rows of U (N, m). Each factor update only needs the sufficient statistics of
 the other factor: for H, P = U W (N, d) and Q = W^T W (d, d); for W, A = U^T H (m, d) and
 B = H^T H (d, d). So one outer iteration costs two products with U (4 N m d flops) and
@@ -10,8 +10,9 @@ first and W second, as scikit-learn does, so with ``inner=1`` the iterates match
 "mu" and "cd" solvers.
 
 All three rules share one signature, ``update(X, P, Q, mu, inner) -> X``, for the factor X
-(n, d) with statistics P (n, d), Q (d, d) and penalty mu (half the L1 weight, since the
-data term is not halved).
+(n, d) with statistics P (n, d), Q (d, d) and penalty mu, the factor's L1 weight: with the
+halved data term, the H-subproblem of a row is exactly ``conejax.nnls(W, u, mu_h)``, the
+projection of the cones, so one mu_h means the same in training and projection.
 """
 
 from __future__ import annotations
@@ -25,8 +26,17 @@ from conejax import solvers
 _HIGHEST = lax.Precision.HIGHEST
 
 
-def _dot(a, b):
+def dot(a, b):
+  """a @ b at full float32 precision."""
   return jnp.dot(a, b, precision=_HIGHEST)
+
+
+def gram(W):
+  """W^T W (d, d)."""
+  return dot(W.T, W)
+
+
+_dot = dot
 
 
 def mu_update(X, P, Q, mu, inner: int):
@@ -81,22 +91,22 @@ def outer_step(update, U, Ut, W, H, mu_w, mu_h, inner: int):
 
   Ut is U^T, passed in so that XLA never transposes U inside the loop.
   """
-  H = update(H, _dot(U, W), _dot(W.T, W), 0.5 * mu_h, inner)
+  H = update(H, _dot(U, W), _dot(W.T, W), mu_h, inner)
   A, B = _dot(Ut, H), _dot(H.T, H)
-  W = update(W, A, B, 0.5 * mu_w, inner)
+  W = update(W, A, B, mu_w, inner)
   return W, H, A, B
 
 
 def objective_from_stats(norm_u2, W, H, A, B, mu_w, mu_h):
-  """||U - H W^T||^2 + penalties, from ||U||^2, A = U^T H and B = H^T H: no pass over U."""
+  """0.5 ||U - H W^T||^2 + penalties, from ||U||^2, A = U^T H, B = H^T H: no pass over U."""
   fit = norm_u2 - 2 * jnp.sum(W * A) + jnp.sum(_dot(W.T, W) * B)
-  return jnp.maximum(fit, 0) + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)
+  return 0.5 * jnp.maximum(fit, 0) + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)
 
 
 def objective(U, W, H, mu_w=0.0, mu_h=0.0):
-  """The sparse NMF objective ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1, computed directly.
+  """The sparse NMF objective 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1, directly.
 
   U is (N, m), W (m, d) and H (N, d); returns a scalar.
   """
   residual = U - _dot(H, W.T)
-  return jnp.sum(residual**2) + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)
+  return 0.5 * jnp.sum(residual**2) + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)

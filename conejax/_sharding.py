@@ -124,9 +124,9 @@ def _fit_rows(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner):
   norm_u2 = lax.psum(jnp.sum(U**2), "data")
 
   def step(W, H):
-    H = update(H, _dot(U, W), _dot(W.T, W), 0.5 * mu_h, inner) * mask[:, None]
+    H = update(H, _dot(U, W), _dot(W.T, W), mu_h, inner) * mask[:, None]
     A, B, total_h = lax.psum((_dot(Ut, H), _dot(H.T, H), jnp.sum(H)), "data")
-    W = update(W, A, B, 0.5 * mu_w, inner)
+    W = update(W, A, B, mu_w, inner)
     # H enters the objective only through sum(H): pass the global sum in its place.
     return W, H, _nmf_steps.objective_from_stats(norm_u2, W, total_h, A, B, mu_w, mu_h)
 
@@ -164,7 +164,7 @@ def nmf_sharded(U, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0.0, mu_h=0.0,
                 inner_iter: int | None = None) -> _nmf.NMFResult:
   """``conejax.nmf`` with the rows of U and H split over the mesh axis "data".
 
-  Minimises ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0 with one all-reduce
+  Minimises 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0 with one all-reduce
   of (U^T H, H^T H, sum(H)) per iteration; W is replicated. Rows are padded with zeros to
   a multiple of the "data" size and masked out; over "classes" the work is replicated.
 

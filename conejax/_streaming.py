@@ -1,10 +1,9 @@
 """Streaming (online, mini-batch) sparse NMF for data that does not fit in memory.
 
-Minimises ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 (m, d) and H >= 0 (N, d)
+Minimises 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 (m, d) and H >= 0 (N, d)
 while seeing U (N, m), samples as rows, one chunk (N_c, m) at a time, as in Mairal et al.
 (2010). Each chunk is coded on the current dictionary by HALS sweeps from zero (cyclic
-coordinate descent on the sparse NNLS problem, with mu = mu_h / 2 since the data term is not
-halved); the sufficient statistics A = sum U_c^T H_c (m, d) and B = sum H_c^T H_c (d, d)
+coordinate descent on the sparse NNLS problem ``conejax.nnls(W, u, mu_h)``); the sufficient statistics A = sum U_c^T H_c (m, d) and B = sum H_c^T H_c (d, d)
 absorb the chunk after old chunks are discounted; then a few HALS sweeps on (A, B) update W.
 Memory is O(N_c m + m d + d^2) whatever N is: neither U nor H is ever held whole.
 
@@ -57,7 +56,7 @@ class StreamingNMFState(NamedTuple):
     count: () discounted number of rows summed into A and B.
     n_seen: () int32 rows seen, passes over the same rows counted again.
     n_chunks: () int32 chunks seen.
-    chunk_objective: () ||U_c - H_c W^T||^2 + mu_h |H_c|_1 of the last chunk, with its codes
+    chunk_objective: () 0.5 ||U_c - H_c W^T||^2 + mu_h |H_c|_1 of the last chunk, with its codes
       and the W they were computed on (before that chunk's update of W).
   """
   W: jax.Array
@@ -73,7 +72,7 @@ class StreamingNMFResult(NamedTuple):
   """The outcome of ``nmf_minibatch``.
 
   Attributes:
-    W: (m, d) dictionary. Codes of any rows U (n, m) are ``conejax.nnls(W, U, mu_h / 2).h``.
+    W: (m, d) dictionary. Codes of any rows U (n, m) are ``conejax.nnls(W, U, mu_h).h``.
     objective: (n_epochs,) sum over each pass of the chunk objectives (each chunk coded on
       the W of its time) plus mu_w |W|_1 at the end of the pass: an online estimate that
       costs no extra pass; the exact objective of the final W needs one pass with ``nnls``.
@@ -93,13 +92,13 @@ def _sweeps(X, P, Q, mu, n):
 def _partial_fit_jit(state, U, mu_w, mu_h, forget, n_samples, h_iter, w_iter):
   W = state.W
   G, C = _dot(W.T, W), _dot(U, W)
-  H = _sweeps(jnp.zeros_like(C), C, G, 0.5 * mu_h, h_iter)
+  H = _sweeps(jnp.zeros_like(C), C, G, mu_h, h_iter)
   A_c, B_c = _dot(U.T, H), _dot(H.T, H)
   rows = jnp.asarray(U.shape[0], U.dtype)
   n_samples = jnp.where(n_samples > 0, n_samples, state.n_seen + rows).astype(U.dtype)
   A, B = forget * state.A + A_c, forget * state.B + B_c
   count = forget * state.count + rows
-  W_new = _sweeps(W, A, B, 0.5 * mu_w * count / n_samples, w_iter)
+  W_new = _sweeps(W, A, B, mu_w * count / n_samples, w_iter)
   # Without penalties (W S, H S^-1) fits as well as (W, H): unit atoms, with A S and S B S
   # standing for the rescaled codes, change nothing but keep W well conditioned.
   norm = jnp.linalg.norm(W_new, axis=0)
@@ -234,7 +233,7 @@ def nmf_minibatch(chunks: Iterable | Callable[[], Iterable], rank: int, *, key: 
                   n_epochs: int = 10, mu_w=0.0, mu_h=0.0, forget=0.5, init: str = "nndsvda",
                   n_samples: int | None = None, h_iter: int = 30, w_iter: int = 3,
                   progress: bool = True) -> StreamingNMFResult:
-  """Streaming sparse NMF over chunks of rows: min ||U - H W^T||_F^2 + mu_w|W|_1 + mu_h|H|_1.
+  """Streaming sparse NMF over chunks of rows: min 0.5||U - H W^T||^2 + mu_w|W|_1 + mu_h|H|_1.
 
   Reads each chunk, codes it, updates W (see ``nmf_partial_fit``) and drops it: peak memory is
   set by the chunk size, not by N. Chunks are never concatenated.

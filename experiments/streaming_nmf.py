@@ -5,7 +5,7 @@ scikit-learn's MiniBatchNMF, and peak memory against the number of rows.
 
 The 60,000 training images (pixels in [0, 1], float32) are written to a temporary .npy file
 and streamed from it in chunks of 1000 rows. Every dictionary is scored the same way: codes by
-``conejax.nnls`` (mu = mu_h / 2 = 0 here), objective ||U - H W^T||_F^2 over all rows, summed
+``conejax.nnls`` (mu = mu_h = 0 here), objective ||U - H W^T||_F^2 over all rows, summed
 chunk by chunk. Times include JAX compilation. Peak resident memory (ru_maxrss) is measured in
 a fresh subprocess per row count, for streaming (one pass) and for batch NMF (five iterations:
 its memory does not grow with iterations). Prints a markdown table and writes

@@ -137,3 +137,17 @@ def test_bad_files_give_clear_errors(tmp_path):
 def test_bad_inputs_give_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):
     call(_toy_cones())
+
+
+def test_training_codes_are_the_projection_codes():
+  # One convention for mu_h: the H of a converged sparse NMF (unit atoms) is what the
+  # cone's projection gives its training data.
+  rng = np.random.default_rng(0)
+  U = rng.random((60, 5)) @ rng.random((5, 20)) + 0.05 * rng.random((60, 20))
+  mu_h = 0.3
+  fit = conejax.nmf(U, 5, key=jax.random.key(0), mu_h=mu_h, method="hals", max_iter=4000,
+                    tol=0, unit_atoms=True)
+  np.testing.assert_allclose(np.linalg.norm(fit.W, axis=0), 1.0, rtol=1e-12)
+  assert np.mean(np.asarray(fit.H) == 0) > 0.05   # the penalty is active
+  H = conejax.codes(conejax.make_cones(fit.W, mu_h), U)[:, 0]
+  np.testing.assert_allclose(H, fit.H, atol=1e-7 * float(np.max(fit.H)))

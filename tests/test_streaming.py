@@ -39,7 +39,7 @@ def _hals_reference(W, A, B, mu, sweeps):
 
 def _exact_codes(W, U, mu_h):
   """Codes by conejax's FISTA NNLS (the streaming step codes by HALS) to a tight tolerance."""
-  return np.asarray(conejax.nnls(W, U, mu_h / 2, tol=1e-13, max_iter=20000).h)
+  return np.asarray(conejax.nnls(W, U, mu_h, solver="apg", tol=1e-13, max_iter=20000).h)
 
 
 def test_one_chunk_without_forgetting_is_one_batch_hals_step():
@@ -85,8 +85,8 @@ def test_forgetting_discounts_the_old_statistics_and_scales_mu_w():
   np.testing.assert_allclose(two.A, A, rtol=1e-7)
   np.testing.assert_allclose(two.B, B, rtol=1e-7)
   np.testing.assert_allclose(two.count, 125.0, rtol=1e-12)
-  # |W|_1 weighs against 1000 rows, the statistics hold 125: mu_w / 2 * 125 / 1000.
-  np.testing.assert_allclose(two.W, _hals_reference(one.W, A, B, 0.03125, 2), rtol=1e-6,
+  # |W|_1 weighs against 1000 rows, the statistics hold 125: mu_w * 125 / 1000.
+  np.testing.assert_allclose(two.W, _hals_reference(one.W, A, B, 0.0625, 2), rtol=1e-6,
                              atol=1e-9)
 
 
