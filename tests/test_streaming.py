@@ -51,7 +51,7 @@ def test_one_chunk_without_forgetting_is_one_batch_hals_step():
   A, B = U.T @ H, H.T @ H
   np.testing.assert_allclose(new.A, A, rtol=1e-8)
   np.testing.assert_allclose(new.B, B, rtol=1e-8)
-  np.testing.assert_allclose(new.W, _hals_reference(W0, A, B, 0.15, 2), rtol=1e-7, atol=1e-9)
+  np.testing.assert_allclose(new.W, _hals_reference(W0, A, B, 0.3, 2), rtol=1e-7, atol=1e-9)
   batch = conejax.nmf(U, 3, key=KEY, init=(W0, H), method="hals", max_iter=1, tol=0,
                       inner_iter=2, mu_w=0.3, mu_h=0.2)
   np.testing.assert_allclose(new.W, batch.W, rtol=1e-7, atol=1e-9)
