@@ -81,9 +81,9 @@ def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner, unit_atoms=
   """The jittable core: runs outer steps until max_iter or a relative decrease < tol.
 
   With ``unit_atoms`` every step starts from unit-norm atoms (H rescaled to match), so each
-  H update solves the projection's problem on unit atoms; the returned atoms are unit and
-  the returned H is their exact sparse code (``conejax.solvers``, "auto"), so H is what
-  ``codes`` gives the training data.
+  H update solves the projection's problem on unit atoms, and the returned atoms are unit;
+  the drivers then replace H by the exact sparse codes on them (``_exact_codes``), so H is
+  what ``codes`` gives the training data.
   """
   update = _nmf_steps.UPDATES[method]
   Ut = U.T
@@ -98,12 +98,26 @@ def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner, unit_atoms=
 
   W, H, history, n_iter = _iterate(step, W, H, norm_u2, max_iter=max_iter, tol=tol)
   if unit_atoms:
-    W, _ = _unit_atoms(W, H)
-    solver = solvers.resolve("auto", n_atoms=W.shape[1])
-    problem = solvers.QuadraticProblem(_nmf_steps.gram(W), _nmf_steps.dot(U, W), mu_h)
-    return W, solvers.solve(solver, problem).h * mask[:, None], history, n_iter
+    return (*_unit_atoms(W, H), history, n_iter)
   W, H = _normalise_atoms(W, H, mu_w, mu_h)
   return W, H, history, n_iter
+
+
+@jax.jit
+def _exact_codes(W, U, mask, mu_h):
+  """Exact sparse codes of each U_k (K, n, m) on its own W_k (K, m, d), masked rows zero.
+
+  Run after the fit, one class at a time (``lax.map``): the active-set solve is not
+  vmapped (XLA:CPU deadlocked on it inside the per-class vmap, jax 0.10.2).
+  """
+  solver = solvers.resolve("auto", n_atoms=W.shape[-1])
+
+  def one(args):
+    W, U, mask = args
+    problem = solvers.QuadraticProblem(_nmf_steps.gram(W), _nmf_steps.dot(U, W), mu_h)
+    return solvers.solve(solver, problem).h * mask[:, None]
+
+  return lax.map(one, (W, U, mask))
 
 
 def _unit_atoms(W, H):
@@ -227,6 +241,8 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals
   W, H, history, n_iter = _nmf_jit(key, U, W0, H0, mu_w, mu_h, init=init, method=method,
                                    max_iter=max_iter, tol=tol, inner=inner,
                                    unit_atoms=bool(unit_atoms))
+  if unit_atoms:
+    H = _exact_codes(W[None], U[None], jnp.ones((1, U.shape[0]), U.dtype), mu_h)[0]
   return NMFResult(W, H, history, n_iter)
 
 
@@ -297,5 +313,7 @@ def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
       keys, U, jnp.asarray(mask, X.dtype), mu_w, mu_h, rank=rank, init=init, method=method,
       max_iter=max_iter, tol=tol, inner=inner, class_batch_size=class_batch_size,
       unit_atoms=bool(unit_atoms))
+  if unit_atoms:
+    H = _exact_codes(W, U, jnp.asarray(mask, X.dtype), mu_h)
   codes = jnp.zeros((X.shape[0], rank), X.dtype).at[index[mask]].set(H[mask])
   return NMFResult(W, codes, history, n_iter, classes)

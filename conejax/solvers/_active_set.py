@@ -113,8 +113,8 @@ class ActiveSet(_protocol.AbstractSolver):
     which costs up to eps^2 cond(G) ||x||^2 in objective (2e-5 relative measured at cond
     1e8) and can mislead the last sign tests. When ``jax_enable_x64`` is on, pivoting
     resumes in float64 from the float32 partition (usually one solve) and the answer is
-    rounded back; well-conditioned problems skip this (``lax.cond`` on cond(G) >
-    REFINE_BELOW / eps), so it costs nothing on them.
+    rounded back; well-conditioned problems skip the pivoting (its loop runs while cond(G) >
+    REFINE_BELOW / eps), so it costs them almost nothing.
     """
     x = state.h
     wide = jnp.promote_types(x.dtype, jnp.float64)
@@ -131,7 +131,7 @@ class ActiveSet(_protocol.AbstractSolver):
 
       def cond(carry):
         it, st = carry
-        return (it < self.max_iter) & jnp.any(st.error > 0)
+        return (it < self.max_iter) & aux.ill_conditioned & jnp.any(st.error > 0)
 
       def body(carry):
         it, st = carry
@@ -141,7 +141,9 @@ class ActiveSet(_protocol.AbstractSolver):
       final = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), start))[1]
       return final.h.astype(x.dtype)
 
-    return jnp.maximum(lax.cond(aux.ill_conditioned, refine, lambda x: x, x), 0)
+    # A where, not lax.cond: a cond holding while loops and LAPACK calls deadlocked
+    # XLA:CPU under vmap (jax 0.10.2); the loop above runs zero times when not needed.
+    return jnp.maximum(jnp.where(aux.ill_conditioned, refine(x), x), 0)
 
   def _partition(self, problem, aux, passive):
     q = problem.C - problem.mu

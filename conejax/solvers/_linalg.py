@@ -9,8 +9,10 @@ Supports of at most UNROLLED = 16 variables (nearly all of them on sparse proble
 factorised by a Cholesky written out entry by entry on samples-last (P, P, n) arrays, which
 XLA turns into a few vector loops over the samples (100,000 16 x 16 systems in 23 ms on a
 2-core CPU, against 220 ms for LAPACK's batched ``potrf``). The rows with larger supports
-are compacted into blocks and solved by LAPACK at the smallest size of ``sizes(d)`` that
-covers the block (``lax.switch``), so only they pay for it. A pivot at or below ``ridge`` (a singular G_SS, as in a
+are compacted into blocks of OVERFLOW_BLOCK rows and solved, at the smallest size of
+``sizes(d)`` that covers the block (``lax.switch``), by a Cholesky looped over columns, so
+only they pay for it. (LAPACK's ``potrf`` there deadlocked XLA:CPU inside the loop, and
+so did a ``lax.cond`` holding the loop under ``vmap``, with jax 0.10.2: neither is used.) A pivot at or below ``ridge`` (a singular G_SS, as in a
 union of cones whose atoms repeat) is replaced by ``ridge``: a ridge only where needed.
 """
 
@@ -83,21 +85,27 @@ def _cholesky_solve_unrolled(A, b, ridge):
   return jnp.stack(x)
 
 
-def _cholesky_solve_lapack(A, b, ridge):
-  """Solves A x = b for (n, P, P) A, (n, P) b; samples whose factor fails get + ridge I."""
-  def solve(A):
-    factor = jnp.linalg.cholesky(A)
-    x = jax.scipy.linalg.cho_solve((factor, True), b[..., None])[..., 0]
-    return x, jnp.all(jnp.isfinite(factor), axis=(-2, -1))
+def _cholesky_solve_looped(A, b, ridge):
+  """Solves A x = b for (n, P, P) A, (n, P) b by a column-by-column Cholesky in a loop.
 
-  x, ok = solve(A)
-  eye = jnp.eye(A.shape[-1], dtype=A.dtype)
+  A pivot at or below ``ridge`` becomes ``ridge``.
+  """
+  n, P = b.shape
+  index = jnp.arange(P)
 
-  def repair(x):
-    x_ridge, _ = solve(A + ridge * eye[None])
-    return jnp.where(ok[:, None], x, x_ridge)
+  def factor(j, L):
+    # Left-looking: column j of L from the columns before it (masked to k < j).
+    row_j = jnp.where(index[None] < j, L[:, j, :], 0)                     # (n, P)
+    column = A[:, :, j] - jnp.einsum("nik,nk->ni", L, row_j)              # (n, P)
+    pivot = column[:, j]
+    root = jnp.sqrt(jnp.where(pivot > ridge, pivot, ridge))
+    column = jnp.where(index[None] > j, column / root[:, None],
+                       jnp.where(index[None] == j, root[:, None], 0))
+    return L.at[:, :, j].set(column)
 
-  return lax.cond(jnp.all(ok), lambda x: x, repair, x)
+  L = lax.fori_loop(0, P, factor, jnp.zeros_like(A))
+  y = jax.scipy.linalg.solve_triangular(L, b[..., None], lower=True)
+  return jax.scipy.linalg.solve_triangular(L, y, lower=True, trans=1)[..., 0]
 
 
 def _gathered(G, Q, support, ridge, P, lapack):
@@ -109,7 +117,7 @@ def _gathered(G, Q, support, ridge, P, lapack):
   if lapack:
     A = G[index[:, :, None], index[:, None, :]]
     A = jnp.where(valid[:, :, None] & valid[:, None, :], A, jnp.eye(P, dtype=G.dtype)[None])
-    x = _cholesky_solve_lapack(A, q, ridge)
+    x = _cholesky_solve_looped(A, q, ridge)
   else:
     # Samples-last: every entry of the small systems is a vector over the batch.
     It, Vt = index.T, valid.T
@@ -122,8 +130,8 @@ def _gathered(G, Q, support, ridge, P, lapack):
 
 
 def _overflow(G, Q, support, ridge, x, remaining):
-  """Re-solves the rows marked ``remaining``, OVERFLOW_BLOCK at a time, gathered by LAPACK
-  to the smallest size of ``sizes(d)`` that covers the block."""
+  """Re-solves the rows marked ``remaining``, OVERFLOW_BLOCK at a time, gathered to the
+  smallest size of ``sizes(d)`` that covers the block."""
   n, d = Q.shape
   block = min(OVERFLOW_BLOCK, n)
   options = sizes(d)[1:] if d > UNROLLED else (d,)
@@ -139,7 +147,7 @@ def _overflow(G, Q, support, ridge, x, remaining):
     sub = support[read] & valid[:, None]
     largest = jnp.max(jnp.sum(sub, axis=-1))
     which = jnp.minimum(jnp.searchsorted(jnp.asarray(options), largest), len(options) - 1)
-    branches = [functools.partial(_gathered, P=P, lapack=True) for P in options]
+    branches = [functools.partial(_gathered, P=P, looped=True) for P in options]
     solved = lax.switch(which, branches, G, Q[read], sub, ridge)
     x = x.at[rows].set(solved, mode="drop")
     return x, remaining.at[rows].set(False, mode="drop")
@@ -167,9 +175,9 @@ def solve_on_support(G: jax.Array, Q: jax.Array, support: jax.Array,
   n, d = Q.shape
   ridge = default_ridge(G) if ridge is None else ridge
   P = min(UNROLLED, d)
-  x = _gathered(G, Q, support, ridge, P, lapack=False)
+  x = _gathered(G, Q, support, ridge, P, looped=False)
   if d <= P or n == 0:
     return x
-  remaining = jnp.sum(support, axis=-1) > P
-  return lax.cond(jnp.any(remaining), lambda x: _overflow(G, Q, support, ridge, x, remaining),
-                  lambda x: x, x)
+  # No lax.cond around this (its while loop runs zero times when nothing overflows): under
+  # vmap, XLA:CPU deadlocked on a cond holding this loop and LAPACK calls (jax 0.10.2).
+  return _overflow(G, Q, support, ridge, x, jnp.sum(support, axis=-1) > P)
