@@ -108,13 +108,13 @@ def _cholesky_solve_looped(A, b, ridge):
   return jax.scipy.linalg.solve_triangular(L, y, lower=True, trans=1)[..., 0]
 
 
-def _gathered(G, Q, support, ridge, P, lapack):
+def _gathered(G, Q, support, ridge, P, looped):
   """The systems of ``support`` gathered to size P (rows whose support exceeds P are cut)."""
   n, d = Q.shape
   index, valid = _gather(support, P)
   rows = jnp.arange(n)[:, None]
   q = jnp.where(valid, Q[rows, index], 0)
-  if lapack:
+  if looped:
     A = G[index[:, :, None], index[:, None, :]]
     A = jnp.where(valid[:, :, None] & valid[:, None, :], A, jnp.eye(P, dtype=G.dtype)[None])
     x = _cholesky_solve_looped(A, q, ridge)
