@@ -185,14 +185,6 @@ def test_a_penalty_that_zeroes_the_codes_is_reported():
     conejax.nnls(W, V, 0.0)
 
 
-def test_no_recompilation_on_second_call():
-  W, V = random_problem(11, m=20, d=6, n=5, dtype=np.float32)
-  conejax.nnls(W, V)
-  before = conejax._nnls.solve_dictionary._cache_size()
-  conejax.nnls(W + 1, V * 2, 0.5)
-  assert conejax._nnls.solve_dictionary._cache_size() == before
-
-
 @pytest.mark.parametrize("make, message", [
     (lambda: solvers.ActiveSet(max_iter=0), "max_iter must be a positive integer"),
     (lambda: solvers.ActiveSet(warm_start=-1), "warm_start must be an integer >= 0"),
