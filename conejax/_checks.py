@@ -15,8 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _is_concrete(x) -> bool:
+def is_concrete(x) -> bool:
+  """Whether x is a concrete value (not a tracer under jit, vmap or grad)."""
   return not isinstance(x, jax.core.Tracer)
+
+
+_is_concrete = is_concrete
 
 
 def as_float_array(x, name: str) -> jax.Array:

@@ -110,7 +110,7 @@ def report(result: NNLSResult, where: str, mu=None, C_fn=None, stacklevel: int =
   useful penalty.
   """
   solvers.warn_if_not_converged(result, where, stacklevel=stacklevel + 1)
-  if mu is None or not _checks._is_concrete(mu) or not _checks._is_concrete(result.h):
+  if mu is None or not _checks.is_concrete(mu) or not _checks.is_concrete(result.h):
     return
   mu = float(np.asarray(mu))
   if mu <= 0:

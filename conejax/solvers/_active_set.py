@@ -86,17 +86,13 @@ class ActiveSet(_protocol.AbstractSolver):
   tol = None
 
   def __post_init__(self):
-    object.__setattr__(self, "max_iter", _protocol.check_max_iter(self.max_iter))
+    self.validate_settings("backup")
     if isinstance(self.warm_start, bool) or not isinstance(self.warm_start, int) or (
         self.warm_start < 0):
       raise ValueError(f"warm_start must be an integer >= 0; got {self.warm_start!r}.")
-    _protocol.check_max_iter(self.backup, "backup")
 
   def default_tol(self, dtype) -> float:
     return 0.0  # stop when no variable is infeasible
-
-  def stopping_tol(self, dtype) -> float:
-    return 0.0
 
   def prepare(self, problem: QuadraticProblem) -> ActiveSetAux:
     G = problem.G

@@ -61,9 +61,7 @@ class ADMM(_protocol.AbstractSolver):
   supports_unroll = True
 
   def __post_init__(self):
-    object.__setattr__(self, "max_iter", _protocol.check_max_iter(self.max_iter))
-    object.__setattr__(self, "tol", _protocol.check_tol(self.tol))
-    _protocol.check_max_iter(self.check_every, "check_every")
+    self.validate_settings("check_every")
     if not (float(self.rho) > 0 and 0 < float(self.relaxation) < 2):
       raise ValueError(f"ADMM needs rho > 0 and 0 < relaxation < 2; got rho={self.rho}, "
                        f"relaxation={self.relaxation}.")

@@ -61,8 +61,7 @@ class APG(_protocol.AbstractSolver):
   matrix_free_ok = True
 
   def __post_init__(self):
-    object.__setattr__(self, "max_iter", _protocol.check_max_iter(self.max_iter))
-    object.__setattr__(self, "tol", _protocol.check_tol(self.tol))
+    self.validate_settings()
 
   def default_tol(self, dtype) -> float:
     return 1e-10 if jnp.finfo(dtype).bits >= 64 else 1e-6

@@ -199,8 +199,7 @@ class PDHG(_protocol.AbstractSolver):
   supports_implicit = False
 
   def __post_init__(self):
-    object.__setattr__(self, "max_iter", _protocol.check_max_iter(self.max_iter))
-    object.__setattr__(self, "tol", _protocol.check_tol(self.tol))
+    self.validate_settings()
     object.__setattr__(self, "precondition", bool(self.precondition))
 
   def default_tol(self, dtype) -> float:

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from conejax import _checks
+
 HIGHEST = lax.Precision.HIGHEST
 
 
@@ -156,29 +158,22 @@ class AbstractSolver:
   def solution(self, problem, aux, state):
     return jnp.maximum(state.h, 0)
 
+  def validate_settings(self, *counts: str) -> None:
+    """Checks max_iter, tol (when the solver has one) and the named positive counts, with
+    ``conejax._checks``' messages; called by each solver's ``__post_init__``."""
+    object.__setattr__(self, "max_iter", _checks.check_positive_int(self.max_iter, "max_iter"))
+    if "tol" in getattr(self, "__dataclass_fields__", {}) and self.tol is not None:
+      object.__setattr__(self, "tol", _checks.check_tol(self.tol))
+    for name in counts:
+      _checks.check_positive_int(getattr(self, name), name)
+
   def kkt_lipschitz(self, problem, aux):
     """The L of the KKT residual reported for the quadratic problem."""
     return getattr(aux, "lipschitz", aux)
 
 
-def check_max_iter(value, name="max_iter") -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-  return int(value)
-
-
-def check_tol(value, name="tol"):
-  if value is None:
-    return None
-  value = float(value)
-  if not (np.isfinite(value) and value >= 0):
-    raise ValueError(f"{name} must be a finite number >= 0 (or None for the default); got "
-                     f"{value}.")
-  return value
-
-
 def is_concrete(*arrays) -> bool:
-  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(arrays))
+  return all(_checks.is_concrete(x) for x in jax.tree.leaves(arrays))
 
 
 def warn_if_not_converged(result, where: str, stacklevel: int = 3) -> None:
