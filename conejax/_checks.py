@@ -24,10 +24,18 @@ _is_concrete = is_concrete
 
 
 def as_float_array(x, name: str) -> jax.Array:
-  """Returns ``x`` as a floating JAX array; rejects integer, boolean and complex data."""
+  """Returns ``x`` as a floating JAX array; rejects integer, boolean and complex data.
+
+  Half precision (float16, bfloat16) is promoted to float32: the solvers' factorisations
+  (LAPACK) and sums of squares need at least single precision.
+  """
   dtype = getattr(x, "dtype", None)
   if dtype is None:
-    x = np.asarray(x)
+    try:
+      x = np.asarray(x)
+    except ValueError as error:  # ragged nested lists
+      raise ValueError(f"{name} could not be read as an array ({error}); pass a rectangular "
+                       "numeric array.") from error
     dtype = x.dtype
     if np.issubdtype(dtype, np.integer) and x.ndim == 0:
       return jnp.asarray(x, dtype=jnp.result_type(float))
@@ -35,7 +43,44 @@ def as_float_array(x, name: str) -> jax.Array:
     raise ValueError(
         f"{name} has dtype {dtype}; conejax needs real floating-point data. "
         f"Convert it first, e.g. {name}.astype(np.float32) (and scale uint8 images by 1/255).")
+  if jnp.finfo(dtype).bits < 32:
+    return jnp.asarray(x).astype(jnp.float32)
   return jnp.asarray(x)
+
+
+def require_concrete(function: str, fix: str, **arrays) -> None:
+  """Raises ``TypeError`` if any of ``arrays`` is traced: ``function`` runs Python-side.
+
+  For drivers whose loops, label handling or numpy results need concrete values, so that
+  a call inside ``jit``, ``vmap`` or ``grad`` names its alternative instead of failing
+  deep inside JAX with a ``TracerArrayConversionError``.
+  """
+  traced = [name for name, x in arrays.items()
+            if any(not is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(x))]
+  if traced:
+    raise TypeError(f"{function} got traced {', '.join(traced)} (it was called inside jit, "
+                    f"vmap or grad); it needs concrete arrays. {fix}")
+
+
+def not_differentiable(fn, message: str):
+  """``fn`` with reverse-mode differentiation replaced by a ``TypeError`` naming the fix.
+
+  For routes whose loops cannot be reverse-differentiated (``lax.while_loop``): without
+  this, ``grad`` fails inside JAX with "Reverse-mode differentiation does not work for
+  lax.while_loop". The forward values are unchanged.
+  """
+  @jax.custom_vjp
+  def wrapped(*args):
+    return fn(*args)
+
+  def forward(*args):
+    return fn(*args), None
+
+  def backward(_, cotangent):
+    raise TypeError(message)
+
+  wrapped.defvjp(forward, backward)
+  return wrapped
 
 
 def check_ndim(x: jax.Array, name: str, allowed: tuple[int, ...], shape_doc: str) -> None:
@@ -77,28 +122,67 @@ def check_tol(tol, name: str = "tol") -> float:
   return tol
 
 
+def check_labels(labels, name: str, fix: str) -> np.ndarray:
+  """``labels`` as a 1-D numpy array of numbers or strings, none of them NaN.
+
+  Raises:
+    ValueError: naming ``name`` and ``fix``, for labels that are not 1-D, mix strings with
+      numbers, are objects (e.g. None) or hold NaN.
+  """
+  values = list(labels) if isinstance(labels, (list, tuple)) else None
+  if values is not None and len({isinstance(v, str) for v in values}) > 1:
+    raise ValueError(f"{name} mixes strings and numbers; {fix}.")
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"{name} must be a 1-D array of labels; got shape {labels.shape}.")
+  if labels.dtype.kind not in "biufUS":
+    raise ValueError(f"{name} has dtype {labels.dtype}; labels must be numbers or strings "
+                     f"(not objects or None); {fix}.")
+  if labels.dtype.kind in "fc" and not np.all(np.isfinite(labels)):
+    raise ValueError(f"{name} contains NaN or Inf labels; drop those samples or give them a "
+                     f"class; {fix}.")
+  return labels
+
+
 def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
   return value
 
 
+def _is_zipfile(path) -> bool:
+  """zipfile.is_zipfile for a path or a file object (whose position is restored)."""
+  if not hasattr(path, "read"):
+    return zipfile.is_zipfile(path)
+  position = path.tell()
+  try:
+    return zipfile.is_zipfile(path)
+  finally:
+    path.seek(position)
+
+
 def read_npz(path, keys: tuple[str, ...], kind: str, fix: str) -> dict:
-  """Reads ``keys`` from an .npz file without pickle.
+  """Reads ``keys`` from an .npz file (a path or a binary file object) without pickle.
 
   Raises:
-    ValueError: naming ``path`` and ``fix``, if the file is truncated, not an .npz, needs
-      pickle, or lacks one of ``keys`` (then it is not ``kind``).
+    ValueError: naming ``path`` and ``fix``, if the file is truncated, not an .npz, has a
+      corrupted member (a bad CRC, compressed stream or .npy header), needs pickle, or
+      lacks one of ``keys`` (then it is not ``kind``). Every low-level decoding error
+      (zlib, zipfile, numpy's format parser) becomes this ``ValueError``, chained.
   """
-  if not zipfile.is_zipfile(path):
+  if not _is_zipfile(path):
     raise ValueError(f"{str(path)!r} is truncated or not an .npz file; {fix}.")
   try:
     with np.load(path, allow_pickle=False) as data:
       fields = {key: data[key] for key in keys if key in data.files}
-  except (zipfile.BadZipFile, EOFError, OSError) as error:
-    raise ValueError(f"{str(path)!r} is truncated or not an .npz file ({error}); {fix}.") from error
   except ValueError as error:
-    raise ValueError(f"{str(path)!r} could not be read without pickle ({error}); {fix}.") from error
+    if "allow_pickle" in str(error):
+      raise ValueError(f"{str(path)!r} could not be read without pickle ({error}); "
+                       f"{fix}.") from error
+    raise ValueError(f"{str(path)!r} has a corrupted member ({error}); {fix}.") from error
+  except Exception as error:  # zlib.error, BadZipFile, EOFError, struct.error, ...
+    raise ValueError(f"{str(path)!r} is truncated or corrupted ({type(error).__name__}: "
+                     f"{error}); {fix}.") from error
   missing = [key for key in keys if key not in fields]
   if missing:
     raise ValueError(f"{str(path)!r} is not {kind}: fields {missing} are missing; {fix}.")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _nmf, _nnls
+from conejax import _checks, _nmf, _nnls, _scale
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -51,18 +51,49 @@ class Cones:
     return self.W.shape[-1]
 
 
+def _plain(value):
+  """numpy scalars and arrays in settings as Python numbers and lists (JSON, hashable)."""
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
 def make_cones(W, mu_h=0.0, classes=None, settings=None) -> Cones:
-  """Builds ``Cones`` from a (m, d) or (K, m, d) non-negative dictionary stack."""
+  """Builds ``Cones`` from a (m, d) or (K, m, d) non-negative dictionary stack.
+
+  Args:
+    W: (m, d) or (K, m, d) non-negative, finite dictionaries, atoms as columns.
+    mu_h: scalar L1 weight of the projection >= 0.
+    classes: K distinct labels (numbers or strings); None is 0..K-1.
+    settings: dict of how the cones were trained (numpy scalars become Python numbers).
+
+  Raises:
+    ValueError: on a wrong shape, an empty axis (K, m or d of 0), negative or non-finite
+      W, mu_h < 0, or class labels that are not K distinct numbers or strings.
+  """
   W = _checks.as_float_array(W, "W")
   _checks.check_ndim(W, "W", (2, 3), "(m, d) or (K, m, d)")
   W = W[None] if W.ndim == 2 else W
+  if 0 in W.shape:
+    raise ValueError(f"W has an empty axis, shape (K, m, d) = {tuple(W.shape)}; cones need at "
+                     "least one class, one feature and one atom.")
   _checks.check_finite(W, "W")
   _checks.check_nonnegative(W, "W")
-  classes = tuple(range(W.shape[0])) if classes is None else tuple(np.asarray(classes).tolist())
+  fix = "pass one distinct label per dictionary"
+  classes = (tuple(range(W.shape[0])) if classes is None
+             else tuple(_checks.check_labels(classes, "classes", fix).tolist()))
   if len(classes) != W.shape[0]:
-    raise ValueError(f"{len(classes)} class labels given for {W.shape[0]} dictionaries.")
+    raise ValueError(f"{len(classes)} class labels given for {W.shape[0]} dictionaries; {fix}.")
+  if len(set(classes)) != len(classes):
+    repeated = sorted({c for c in classes if classes.count(c) > 1}, key=str)
+    raise ValueError(f"classes has repeated labels {repeated}; {fix}.")
   mu_h = _checks.check_penalty(mu_h, "mu_h").astype(W.dtype)
-  return Cones(W, mu_h, classes, tuple(sorted((settings or {}).items())))
+  settings = tuple(sorted((str(k), _plain(v)) for k, v in (settings or {}).items()))
+  return Cones(W, mu_h, classes, settings)
 
 
 def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "mu",
@@ -90,12 +121,14 @@ def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: st
   Returns:
     ``Cones`` with W (K, m, rank) and the training settings recorded.
   """
+  _checks.require_concrete("fit_cones", "Fit the cones outside jit; then codes, distance and "
+                           "log_likelihood work under jit.", X=X, y=y)
   fit = _nmf.nmf_per_class(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method,
                            init=init, max_iter=max_iter, tol=tol,
                            class_batch_size=class_batch_size, unit_atoms=True)
   norm = jnp.linalg.norm(fit.W, axis=1, keepdims=True)
   W = fit.W / jnp.where(norm > 0, norm, 1)
-  settings = dict(rank=rank, mu_w=float(mu_w), mu_h=float(mu_h), method=method, init=init,
+  settings = dict(rank=int(rank), mu_w=float(mu_w), mu_h=float(mu_h), method=method, init=init,
                   max_iter=max_iter, tol=float(tol), n_train=int(np.shape(X)[0]))
   return make_cones(W, mu_h, fit.classes, settings)
 
@@ -106,27 +139,72 @@ def _check_samples(cones: Cones, X):
     raise ValueError(f"X must have shape (..., m) with m = {cones.W.shape[1]}; got "
                      f"{tuple(X.shape)}. Samples are rows.")
   _checks.check_finite(X, "X")
+  _checks.check_finite(cones.W, "cones.W")
   return X.astype(cones.W.dtype)
 
 
 def _safe_norm(x, axis=-1):
-  """Euclidean norm whose gradient at zero is zero rather than NaN (as optax's safe_norm)."""
-  squared = jnp.sum(x**2, axis=axis)
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1)), 0)
+  """Euclidean norm, scale-safe; NaN stays NaN and the gradient at zero is zero."""
+  return _scale.norm(x, axis)
+
+
+_STATIC = ("solver", "batch_size", "differentiation", "penalty")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _solve_scaled(W, X, mu, *, solver, batch_size, differentiation, penalty):
+  """The codes of X (n, m) on every cone of W (K, m, d), at unit scale: ``NNLSResult``.
+
+  Each sample is divided by a power of two a near its largest entry and each cone by one,
+  b, near its own; h = (a / b) g where g solves the problem of x / a on W / b with the
+  penalty mu / (a b). The problem is homogeneous, so this is exact, and the squares of
+  the solver stay in the float range for data and W of any scale. The absolute penalty is
+  folded into the right-hand side (c - mu, an identity of the problem) so that it can
+  differ per sample. A sample or cone with NaN or Inf gets NaN codes.
+  """
+  a = _scale.scale_of(X, -1)
+  b = _scale.scale_of(W, (1, 2))
+  finite_x = jnp.all(jnp.isfinite(X), -1)
+  finite_w = jnp.all(jnp.isfinite(W), (1, 2))
+  X_unit = jnp.where(finite_x[:, None], X / a[:, None], 0)
+  W_unit = jnp.where(finite_w[:, None, None], W / b[:, None, None], 0)
+
+  def one_cone(args):
+    W_k, b_k, finite_k = args
+    G = jnp.dot(W_k.T, W_k, precision=_HIGHEST)
+    C = jnp.dot(X_unit, W_k, precision=_HIGHEST)
+    if penalty == "absolute":
+      C, mu_k = C - (mu / (a * b_k))[:, None], jnp.zeros_like(mu)
+    else:
+      mu_k = mu
+    out = _nnls.solve_gram(G, C, mu_k, solver=solver, batch_size=batch_size,
+                           differentiation=differentiation, penalty=penalty)
+    ok = finite_x & finite_k
+    nan = jnp.asarray(jnp.nan, X.dtype)
+    return (jnp.where(ok[:, None], out.h * (a / b_k)[:, None], nan), out.n_iter,
+            jnp.where(ok, out.residual, nan), out.converged & ok)
+
+  h, n_iter, residual, converged = lax.map(one_cone, (W_unit, b, finite_w))
+  return _nnls.NNLSResult(jnp.moveaxis(h, 0, 1), n_iter.T, residual.T, converged.T)
 
 
 def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
            differentiation="implicit", penalty="absolute", batch_size=2048):
-  """The NNLS of every sample on every cone, through ``conejax.nnls``'s core: (N.., K, d)."""
+  """The NNLS of every sample on every cone, scale-safe: X and (N.., K, d) results."""
   X = _check_samples(cones, X)
   solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
                                            batch_size=batch_size,
                                            differentiation=differentiation, penalty=penalty,
                                            n_atoms=cones.W.shape[-1])
-  H0 = jnp.zeros(X.shape[:-1] + cones.W.shape[:1] + cones.W.shape[-1:], cones.W.dtype)
-  out = _nnls.solve_dictionary(cones.W, X, cones.mu_h, H0, solver=solver, batch_size=batch_size,
-                        differentiation=differentiation, penalty=penalty)
+  batch, (K, m, d) = X.shape[:-1], cones.W.shape
+  flat = X.reshape(-1, m)
+  if flat.shape[0] == 0:
+    empty = lambda dtype, *shape: jnp.zeros(batch + (K,) + shape, dtype)
+    return X, _nnls.NNLSResult(empty(X.dtype, d), empty(jnp.int32), empty(X.dtype),
+                               empty(bool))
+  out = _solve_scaled(cones.W, flat, cones.mu_h, solver=solver, batch_size=batch_size,
+                      differentiation=differentiation, penalty=penalty)
+  out = _nnls.NNLSResult(*(x.reshape(batch + x.shape[1:]) for x in out))
   _nnls.report(out, where, cones.mu_h if penalty == "absolute" else None, stacklevel=4)
   return X, out
 
@@ -168,8 +246,10 @@ def distance(cones: Cones, X, **options) -> jax.Array:
 
 
 def _check_temperature(temperature):
-  if not isinstance(temperature, jax.core.Tracer) and not float(temperature) > 0:
-    raise ValueError(f"temperature must be > 0; got {float(temperature)}.")
+  if jnp.ndim(temperature) != 0:
+    raise ValueError(f"temperature must be a scalar > 0; got shape {jnp.shape(temperature)}.")
+  if _checks.is_concrete(temperature) and not (np.isfinite(float(temperature)) and float(temperature) > 0):
+    raise ValueError(f"temperature must be a finite number > 0; got {float(temperature)}.")
   return jnp.asarray(temperature)
 
 
@@ -180,23 +260,45 @@ def log_likelihood(cones: Cones, X, temperature=1.0, **options) -> jax.Array:
 
 
 def predict_proba(cones: Cones, X, temperature=1.0, **options) -> jax.Array:
-  """Class probabilities softmax(-D^2 / temperature) over the cones: (..., K)."""
-  return jax.nn.softmax(log_likelihood(cones, X, temperature, **options), axis=-1)
+  """Class probabilities softmax(-D^2 / temperature) over the cones: (..., K).
+
+  Computed from the differences D_k^2 - D_min^2 = (D_k - D_min)(D_k + D_min), so that
+  distances whose squares leave the float range still give the right one-hot answer. A
+  sample with NaN or Inf gets NaN probabilities (under jit; outside jit it is rejected).
+  """
+  temperature = _check_temperature(temperature)
+  D = distance(cones, X, **options)
+  nearest = jnp.min(D, axis=-1, keepdims=True)
+  logits = -((D - nearest) * (D + nearest)) / temperature
+  return jax.nn.softmax(logits, axis=-1)
+
+
+_NOT_UNDER_JIT = ("Under jit, use jnp.argmin(conejax.distance(cones, X), axis=-1), the index "
+                  "of the nearest cone (labels: cones.classes), which is jit-able.")
 
 
 def predict(cones: Cones, X, **options) -> np.ndarray:
   """The label of the nearest cone for every sample: (...), as a numpy array.
 
   The projections are exact by default (``solver="auto"``); ``options`` as in ``codes``.
+  Not under ``jit`` (labels may be strings and the result is numpy): there, use
+  ``jnp.argmin(distance(cones, X), axis=-1)``, the index into ``cones.classes``.
+
+  Raises:
+    TypeError: if called with traced arrays (inside ``jit``, ``vmap`` or ``grad``).
   """
+  _checks.require_concrete("predict", _NOT_UNDER_JIT, X=X, W=cones.W)
   nearest = np.asarray(jnp.argmin(distance(cones, X, **options), axis=-1))
   return np.asarray(cones.classes)[nearest]
 
 
 def score(cones: Cones, X, y, **options) -> float:
-  """Accuracy of ``predict`` against the labels y (...)."""
+  """Accuracy of ``predict`` against the labels y (...); not under ``jit`` (as ``predict``)."""
+  _checks.require_concrete("score", _NOT_UNDER_JIT + " Compare it with the label indices.",
+                           X=X, y=y, W=cones.W)
   y = np.asarray(y)
   predicted = predict(cones, X, **options)
   if predicted.shape != y.shape:
-    raise ValueError(f"y has shape {y.shape} but X holds {predicted.shape} samples.")
+    raise ValueError(f"y has shape {y.shape} but X holds {predicted.shape} samples; pass one "
+                     "label per sample.")
   return float(np.mean(predicted == y))

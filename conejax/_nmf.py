@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _nmf_init, _nmf_steps, solvers
+from conejax import _checks, _nmf_init, _nmf_steps, _scale, solvers
 
 _METHODS = ("mu", "hals", "anls")
 _INITS = tuple(_nmf_init.INITS)
@@ -236,6 +236,7 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals
   U, options, init, W0, H0 = _check_nmf(U, rank, init, method, max_iter, tol, inner_iter,
                                          mu_w, mu_h)
   rank, method, max_iter, tol, inner, mu_w, mu_h = options
+  s, U, mu_w, mu_h, H0 = unit_scale(U, mu_w, mu_h, H0)
   if init is not None:
     W0 = jnp.zeros((U.shape[1], rank), U.dtype)
   W, H, history, n_iter = _nmf_jit(key, U, W0, H0, mu_w, mu_h, init=init, method=method,
@@ -243,14 +244,29 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals
                                    unit_atoms=bool(unit_atoms))
   if unit_atoms:
     H = _exact_codes(W[None], U[None], jnp.ones((1, U.shape[0]), U.dtype), mu_h)[0]
-  return NMFResult(W, H, history, n_iter)
+  return NMFResult(*rescale(s, W, H, history, n_iter))
+
+
+def unit_scale(U, mu_w, mu_h, H0=None):
+  """U / s for a power of two s near max(U), with the penalties and H0 to match.
+
+  For U = s U' and H = s H' (W unchanged), 0.5 ||U - H W^T||^2 + mu_w |W| + mu_h |H| is s^2
+  times the objective of (U', W, H') with penalties mu_w / s^2 and mu_h / s: the same
+  fit, exactly (s is a power of two), with every square in the float range. Returns
+  (s, U', mu_w', mu_h', H0'); ``rescale`` maps the fit back.
+  """
+  s = _scale.scale_of(U, axis=None).astype(U.dtype)
+  return s, U / s, mu_w / s / s, mu_h / s, None if H0 is None else H0 / s
+
+
+def rescale(s, W, H, history, *rest):
+  """The fit of U' = U / s mapped back to U: H times s, the objective times s^2."""
+  return (W, H * s, history * s * s, *rest)
 
 
 def _group_by_class(y, rank):
   """Row indices of each class, padded to the largest class, and the matching mask."""
-  y = np.asarray(y)
-  if y.ndim != 1:
-    raise ValueError(f"y must be a 1-D array of labels; got shape {y.shape}.")
+  y = _cone_labels(y)
   classes, counts = np.unique(y, return_counts=True)
   if counts.min() < rank:
     small = classes[counts.argmin()]
@@ -264,13 +280,20 @@ def _group_by_class(y, rank):
   return classes, index, mask
 
 
+def _cone_labels(y):
+  _checks.require_concrete("nmf_per_class", "Group the samples by class outside jit.", y=y)
+  return _checks.check_labels(y, "y", "pass one number or string per sample")
+
+
 def _check_per_class(X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h):
   """``nmf_per_class``'s arguments checked; returns X, the options, init and the grouping."""
   X = _check_data(X, "X")
   options = _check_options(rank, method, max_iter, tol, inner_iter, mu_w, mu_h, X.dtype)
   init = _checks.check_choice(init, "init", _INITS)
-  if len(np.asarray(y)) != X.shape[0]:
-    raise ValueError(f"y has {len(np.asarray(y))} labels but X has {X.shape[0]} rows.")
+  y = _cone_labels(y)
+  if len(y) != X.shape[0]:
+    raise ValueError(f"y has {len(y)} labels but X has {X.shape[0]} rows; pass one label "
+                     "per row.")
   if options[0] > X.shape[1]:
     raise ValueError(f"rank {options[0]} exceeds the number of features m = {X.shape[1]}.")
   return X, options, init, _group_by_class(y, options[0])
@@ -307,6 +330,7 @@ def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
       X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h)
   rank, method, max_iter, tol, inner, mu_w, mu_h = options
   class_batch_size = _checks.check_positive_int(class_batch_size, "class_batch_size")
+  s, X, mu_w, mu_h, _ = unit_scale(X, mu_w, mu_h)
   U = X[index] * jnp.asarray(mask, X.dtype)[..., None]
   keys = jax.random.split(key, len(classes))
   W, H, history, n_iter = _nmf_per_class_jit(
@@ -316,4 +340,4 @@ def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
   if unit_atoms:
     H = _exact_codes(W, U, jnp.asarray(mask, X.dtype), mu_h)
   codes = jnp.zeros((X.shape[0], rank), X.dtype).at[index[mask]].set(H[mask])
-  return NMFResult(W, codes, history, n_iter, classes)
+  return NMFResult(*rescale(s, W, codes, history, n_iter, classes))

@@ -72,6 +72,11 @@ def make_mesh(n_data: int | None = None, *, n_classes: int = 1, devices=None) ->
   """
   devices = jax.devices() if devices is None else list(devices)
   n_classes = _checks.check_positive_int(n_classes, "n_classes")
+  if n_data is None and n_classes > len(devices):
+    raise ValueError(
+        f"n_classes={n_classes} needs at least {n_classes} devices but {len(devices)} are "
+        "available; lower n_classes, or on CPU set XLA_FLAGS=--xla_force_host_platform_"
+        f"device_count={n_classes} before JAX is imported.")
   n_data = len(devices) // n_classes if n_data is None else n_data
   n_data = _checks.check_positive_int(n_data, "n_data")
   if n_classes * n_data > len(devices):
@@ -189,6 +194,7 @@ def nmf_sharded(U, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0.0, mu_h=0.0,
   U, options, init, W0, H0 = _nmf._check_nmf(U, rank, init, _check_method(method), max_iter,
                                              tol, inner_iter, mu_w, mu_h)
   rank, method, max_iter, tol, inner, mu_w, mu_h = options
+  s, U, mu_w, mu_h, H0 = _nmf.unit_scale(U, mu_w, mu_h, H0)
   n = U.shape[0]
   if init is not None:
     W0, H0 = _init_factors(key, U, jnp.ones(n, U.dtype), init=init, rank=rank, per_class=False)
@@ -197,7 +203,7 @@ def nmf_sharded(U, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0.0, mu_h=0.0,
   U, mask, H0 = pad(U), pad(jnp.ones(n, U.dtype)), pad(H0)
   W, H, history, n_iter = _fit_sharded(U, mask, W0, H0, mu_w, mu_h, mesh=mesh, per_class=False,
                                        method=method, max_iter=max_iter, tol=tol, inner=inner)
-  return _nmf.NMFResult(W, H[:n], history, n_iter)
+  return _nmf.NMFResult(*_nmf.rescale(s, W, H[:n], history, n_iter))
 
 
 def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0.0, mu_h=0.0,
@@ -232,6 +238,7 @@ def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0
   X, options, init, (classes, index, mask) = _nmf._check_per_class(
       X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h)
   rank, method, max_iter, tol, inner, mu_w, mu_h = options
+  s, X, mu_w, mu_h, _ = _nmf.unit_scale(X, mu_w, mu_h)
   K = len(classes)
   index, mask = (np.pad(x, [(0, -K % n_classes), (0, 0)], mode="edge") for x in (index, mask))
   keys = jax.random.split(key, K)
@@ -247,7 +254,7 @@ def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0
   index, mask = index[:K], np.asarray(mask[:K], bool)
   H = H[:K, :mask.shape[1]]  # each class's real rows; the rest is padding
   codes = jnp.zeros((X.shape[0], rank), X.dtype).at[index[mask]].set(H[mask])
-  return _nmf.NMFResult(W[:K], codes, history[:K], n_iter[:K], classes)
+  return _nmf.NMFResult(*_nmf.rescale(s, W[:K], codes, history[:K], n_iter[:K], classes))
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "mesh", "specs", "options"))

@@ -5,12 +5,14 @@ Samples are rows: X is (N, m) or (..., m); cones hold W of shape (K, m, d).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _cone, _nnls, solvers
+from conejax import _checks, _cone, _scale, solvers
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -26,7 +28,6 @@ def anomaly_score(cones: _cone.Cones, X, **options) -> jax.Array:
   return jnp.min(_cone.distance(cones, X, **options), axis=-1)
 
 
-@jax.jit
 def _refit_on_support(G, C, support):
   """NNLS restricted to a per-sample support: G (d, d), C and support (N, d) -> (N, d)."""
   def one(c, keep):
@@ -36,11 +37,49 @@ def _refit_on_support(G, C, support):
   return jax.vmap(one)(C, support)
 
 
+def _compress_unit(W, X, n_nonzero):
+  """``compress`` on W and X already at unit scale (finite): codes (N, d), errors (N,)."""
+  G, C = jnp.dot(W.T, W, precision=_HIGHEST), jnp.dot(X, W, precision=_HIGHEST)
+  problem = solvers.QuadraticProblem(G, C, jnp.zeros((), X.dtype))
+  H = solvers.solve(solvers.resolve("auto", n_atoms=W.shape[1]), problem).h
+  threshold = lax.top_k(H, n_nonzero)[0][:, -1:]  # the n-th largest entry of each row
+  support = ((H >= threshold) & (H > 0)).astype(H.dtype)
+  H = _refit_on_support(G, C, support)
+  # Ties at the threshold can keep more than n_nonzero entries; keep the largest ones.
+  H = H * (jnp.argsort(jnp.argsort(-H, axis=1), axis=1) < n_nonzero)
+  error = _scale.norm(X - jnp.dot(H, W.T, precision=_HIGHEST))
+  norm = _scale.norm(X)
+  return H, jnp.where(norm > 0, error / jnp.where(norm > 0, norm, 1), 0)
+
+
+_NO_GRAD_COMPRESS = ("compress is not differentiable (its support selection and active-set "
+                     "refit are discrete); differentiate conejax.nnls or conejax.codes instead, "
+                     "or wrap the call in jax.lax.stop_gradient.")
+
+
+@functools.partial(jax.jit, static_argnames="n_nonzero")
+def _compress(W, X, *, n_nonzero):
+  """Scale-safe: each sample over a power of two a near its largest entry, W over b; the
+  codes are (a / b) times those at unit scale, the relative errors unchanged."""
+  a, b = _scale.scale_of(X, -1), _scale.scale_of(W, None)
+  finite = jnp.all(jnp.isfinite(X), -1) & jnp.all(jnp.isfinite(W))
+  X_unit = jnp.where(finite[:, None], X / a[:, None], 0)
+  W_unit = jnp.where(jnp.all(jnp.isfinite(W)), W / b, 0)
+  unit = _checks.not_differentiable(functools.partial(_compress_unit, n_nonzero=n_nonzero),
+                                    _NO_GRAD_COMPRESS)
+  H, error = unit(W_unit, X_unit)
+  nan = jnp.asarray(jnp.nan, X.dtype)
+  return (jnp.where(finite[:, None], H * (a / b)[:, None], nan),
+          jnp.where(finite, error, nan))
+
+
 def compress(W, X, n_nonzero: int):
   """Codes with at most ``n_nonzero`` non-zeros per sample, and their relative errors.
 
   The support is the ``n_nonzero`` largest entries of the NNLS code (mu = 0); the code is
-  then refitted by NNLS on that support alone.
+  then refitted by NNLS on that support alone. Scale-safe (data and W of any magnitude);
+  works under ``jit`` and ``vmap`` (a NaN sample gets NaN codes and error); not
+  differentiable (``grad`` raises a ``TypeError`` saying so).
 
   Args:
     W: (m, d) one dictionary (for ``Cones``, pass ``cones.W[k]``).
@@ -49,24 +88,32 @@ def compress(W, X, n_nonzero: int):
 
   Returns:
     codes (N, d) and relative errors ||x - W h|| / ||x|| (N,) (0 for a zero sample).
+
+  Raises:
+    ValueError: on wrong shapes, an empty W, non-finite or negative W, non-finite X or
+      n_nonzero outside 1..d.
   """
   W = _checks.as_float_array(W, "W")
   _checks.check_ndim(W, "W", (2,), "(m, d)")
   X = _checks.as_float_array(X, "X")
   _checks.check_ndim(X, "X", (2,), "(N, m)")
+  if 0 in W.shape:
+    raise ValueError(f"W has an empty axis, shape {tuple(W.shape)}; it needs at least one "
+                     "feature and one atom.")
+  if X.shape[1] != W.shape[0]:
+    raise ValueError(f"X must have shape (N, {W.shape[0]}) for W of shape {tuple(W.shape)}; "
+                     f"got {tuple(X.shape)}. Samples are rows.")
+  _checks.check_finite(W, "W")
+  _checks.check_nonnegative(W, "W")
+  _checks.check_finite(X, "X")
   n_nonzero = _checks.check_positive_int(n_nonzero, "n_nonzero")
   if n_nonzero > W.shape[1]:
-    raise ValueError(f"n_nonzero {n_nonzero} exceeds the {W.shape[1]} atoms of W.")
-  H = _nnls.nnls(W, X).h
-  threshold = lax.top_k(H, n_nonzero)[0][:, -1:]  # the n-th largest entry of each row
-  support = ((H >= threshold) & (H > 0)).astype(H.dtype)
-  G, C = jnp.dot(W.T, W, precision=_HIGHEST), jnp.dot(X, W, precision=_HIGHEST)
-  H = _refit_on_support(G, C, support)
-  # Ties at the threshold can keep more than n_nonzero entries; keep the largest ones.
-  H = H * (jnp.argsort(jnp.argsort(-H, axis=1), axis=1) < n_nonzero)
-  error = _cone._safe_norm(X - jnp.dot(H, W.T, precision=_HIGHEST))
-  norm = _cone._safe_norm(X)
-  return H, jnp.where(norm > 0, error / jnp.where(norm > 0, norm, 1), 0)
+    raise ValueError(f"n_nonzero {n_nonzero} exceeds the {W.shape[1]} atoms of W; choose "
+                     f"n_nonzero <= {W.shape[1]}.")
+  dtype = jnp.result_type(W, X)
+  if X.shape[0] == 0:
+    return jnp.zeros((0, W.shape[1]), dtype), jnp.zeros((0,), dtype)
+  return _compress(W.astype(dtype), X.astype(dtype), n_nonzero=n_nonzero)
 
 
 def _ray_distances(X, seeds):
@@ -108,14 +155,23 @@ def kcones(X, n_clusters: int, rank: int, *, key: jax.Array, n_iter: int = 10,
   Returns:
     labels (N,) in 0..K-1 and the fitted ``Cones``.
   """
-  X = np.asarray(_checks.as_float_array(X, "X"))
+  _checks.require_concrete("kcones", "Cluster outside jit (its rounds and cluster refills "
+                           "run in Python); the fitted cones then work under jit.", X=X)
+  X = _checks.as_float_array(X, "X")
+  _checks.check_ndim(X, "X", (2,), "(N, m), samples as rows")
+  _checks.check_finite(X, "X")
+  _checks.check_nonnegative(X, "X")
+  X = np.asarray(X)
   n_clusters = _checks.check_positive_int(n_clusters, "n_clusters")
+  rank = _checks.check_positive_int(rank, "rank")
   if n_clusters * rank > X.shape[0]:
     raise ValueError(f"{n_clusters} clusters of rank {rank} need at least "
                      f"{n_clusters * rank} samples; X has {X.shape[0]}.")
   seed_key, fit_key = jax.random.split(key)
-  labels = _seed(seed_key, jnp.asarray(X), n_clusters)
-  residual = np.sqrt(np.sum(X**2, axis=1))  # distance to the cone of each sample's cluster
+  # Seeding compares squared distances: at unit scale (exact, a power of two) they stay
+  # in the float range.
+  labels = _seed(seed_key, jnp.asarray(X) / _scale.scale_of(X, None), n_clusters)
+  residual = np.asarray(_scale.norm(X))  # distance to the cone of each sample's cluster
   for round_ in range(_checks.check_positive_int(n_iter, "n_iter")):
     labels = _refill_small_clusters(labels, n_clusters, rank, residual)
     cones = _cone.fit_cones(X, labels, rank, key=jax.random.fold_in(fit_key, round_),

@@ -71,5 +71,30 @@ def load_mnist(path=None, *, download: bool = False, url: str = MNIST_URL,
     fetch(path, url=url, sha256=sha256)
   arrays = _checks.read_npz(path, _KEYS, "an MNIST file",
                             "pass the standard mnist.npz, or path=None for the embedded subset")
-  rows = lambda x: (x.reshape(len(x), -1) / np.float32(255)).astype(np.float32)
-  return rows(arrays["x_train"]), arrays["y_train"], rows(arrays["x_test"]), arrays["y_test"]
+  return (*_split(arrays, "train", path), *_split(arrays, "test", path))
+
+
+def _split(arrays, part, path):
+  """(x, y) of one split: images as float32 rows in [0, 1], labels checked against them.
+
+  uint8 images (0..255, the standard file) are divided by 255; floating images already
+  in [0, 1] are kept as they are; anything else is rejected rather than guessed at.
+  """
+  x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+  where = f"{str(path)!r}: x_{part}"
+  if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+    raise ValueError(f"{where} has shape {x.shape} and y_{part} {y.shape}; they need one label "
+                     "per image (x (N, 28, 28) or (N, 784), y (N,)).")
+  if x.dtype.kind in "ui":
+    if x.size and (x.min() < 0 or x.max() > 255):
+      raise ValueError(f"{where} holds integers outside 0..255; pass 8-bit images.")
+    x = x / np.float32(255)
+  elif x.dtype.kind == "f":
+    if x.size and not (np.all(np.isfinite(x)) and x.min() >= 0 and x.max() <= 1):
+      raise ValueError(f"{where} is floating but not in [0, 1] (or not finite); pass uint8 "
+                       "images (0..255) or floats in [0, 1].")
+  else:
+    raise ValueError(f"{where} has dtype {x.dtype}; pass uint8 images or floats in [0, 1].")
+  if y.dtype.kind not in "ui":
+    raise ValueError(f"{str(path)!r}: y_{part} has dtype {y.dtype}; labels must be integers.")
+  return x.reshape(len(x), -1).astype(np.float32), y
