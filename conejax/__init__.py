@@ -49,6 +49,8 @@ from conejax._uses import anomaly_score as anomaly_score
 from conejax._uses import compress as compress
 from conejax._uses import features as features
 from conejax._uses import kcones as kcones
+from conejax.patches import extract_patches as extract_patches
+from conejax.patches import reassemble_patches as reassemble_patches
 from conejax.solvers import ConvergenceWarning as ConvergenceWarning
 from conejax.solvers import NNLSResult as NNLSResult
 

@@ -24,3 +24,4 @@ from conejax.operators._image import fourier_filter as fourier_filter
 from conejax.operators._image import mask as mask
 from conejax.operators._sensing import gaussian_sensing as gaussian_sensing
 from conejax.operators._sensing import subsample as subsample
+from conejax.operators._patches import patches as patches
