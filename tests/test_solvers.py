@@ -125,6 +125,25 @@ def test_solve_on_support_matches_numpy(size):
     np.testing.assert_allclose(x[i], expected, rtol=1e-9, atol=1e-9)
 
 
+def test_solve_on_support_solves_only_the_rows_asked_for():
+  rng = np.random.default_rng(7)
+  d, n = 30, 200
+  B = rng.standard_normal((50, d))
+  G = B.T @ B
+  Q = rng.standard_normal((n, d))
+  support = rng.random((n, d)) < rng.uniform(0.1, 0.9, (n, 1))  # every bucket of plan(30)
+  rows = rng.random(n) < 0.3
+  out = rng.standard_normal((n, d))
+  x = np.asarray(solvers.solve_on_support(jnp.asarray(G), jnp.asarray(Q), jnp.asarray(support),
+                                          rows=jnp.asarray(rows), out=jnp.asarray(out)))
+  np.testing.assert_array_equal(x[~rows], out[~rows])
+  for i in np.flatnonzero(rows):
+    S = support[i]
+    expected = np.zeros(d)
+    expected[S] = np.linalg.solve(G[np.ix_(S, S)], Q[i, S])
+    np.testing.assert_allclose(x[i], expected, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
 def test_user_loop_with_the_protocol(solver):
   W, V = random_problem(6, m=20, d=6, n=4)

@@ -141,9 +141,10 @@ class ActiveSet(_protocol.AbstractSolver):
     # XLA:CPU under vmap (jax 0.10.2); the loop above runs zero times when not needed.
     return jnp.maximum(jnp.where(aux.ill_conditioned, refine(x), x), 0)
 
-  def _partition(self, problem, aux, passive):
+  def _partition(self, problem, aux, passive, rows, x):
+    """x and the gradient for the partition ``passive``, re-solved on ``rows`` only."""
     q = problem.C - problem.mu
-    x = _linalg.solve_on_support(problem.G, q, passive, aux.ridge)
+    x = _linalg.solve_on_support(problem.G, q, passive, aux.ridge, rows=rows, out=x)
     grad = jnp.matmul(x, problem.G, precision=HIGHEST) - q
     return x, grad
 
@@ -186,6 +187,7 @@ class ActiveSet(_protocol.AbstractSolver):
     single = columns == last
     flip = jnp.where(full[:, None], infeasible, single)
     passive = state.passive ^ flip
-    x, grad = self._partition(problem, aux, passive)
+    # Only unfinished samples are solved (the others are discarded by the driver anyway).
+    x, grad = self._partition(problem, aux, passive, state.error > 0, state.h)
     error = jnp.sum(self._infeasible(problem, aux, x, grad, passive), axis=-1)
     return ActiveSetState(x, grad, passive, best, backup, error.astype(x.dtype))
