@@ -170,20 +170,24 @@ def read_npz(path, keys: tuple[str, ...], kind: str, fix: str) -> dict:
       lacks one of ``keys`` (then it is not ``kind``). Every low-level decoding error
       (zlib, zipfile, numpy's format parser) becomes this ``ValueError``, chained.
   """
+  name = str(getattr(path, "name", path))
   if not _is_zipfile(path):
-    raise ValueError(f"{str(path)!r} is truncated or not an .npz file; {fix}.")
+    raise ValueError(f"{name!r} is truncated or not an .npz file; {fix}.")
   try:
     with np.load(path, allow_pickle=False) as data:
       fields = {key: data[key] for key in keys if key in data.files}
   except ValueError as error:
     if "allow_pickle" in str(error):
-      raise ValueError(f"{str(path)!r} could not be read without pickle ({error}); "
+      raise ValueError(f"{name!r} could not be read without pickle ({error}); "
                        f"{fix}.") from error
-    raise ValueError(f"{str(path)!r} has a corrupted member ({error}); {fix}.") from error
+    raise ValueError(f"{name!r} has a corrupted member ({error}); {fix}.") from error
   except Exception as error:  # zlib.error, BadZipFile, EOFError, struct.error, ...
-    raise ValueError(f"{str(path)!r} is truncated or corrupted ({type(error).__name__}: "
+    raise ValueError(f"{name!r} is truncated or corrupted ({type(error).__name__}: "
                      f"{error}); {fix}.") from error
+  broken = [key for key, value in fields.items() if not isinstance(value, np.ndarray)]
+  if broken:
+    raise ValueError(f"{name!r} has a corrupted member: {broken} are not .npy arrays; {fix}.")
   missing = [key for key in keys if key not in fields]
   if missing:
-    raise ValueError(f"{str(path)!r} is not {kind}: fields {missing} are missing; {fix}.")
+    raise ValueError(f"{name!r} is not {kind}: fields {missing} are missing; {fix}.")
   return fields

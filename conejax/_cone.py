@@ -162,29 +162,28 @@ def _solve_scaled(W, X, mu, *, solver, batch_size, differentiation, penalty):
   folded into the right-hand side (c - mu, an identity of the problem) so that it can
   differ per sample. A sample or cone with NaN or Inf gets NaN codes.
   """
-  a = _scale.scale_of(X, -1)
-  b = _scale.scale_of(W, (1, 2))
+  ea, eb = _scale.exponent_of(X, -1), _scale.exponent_of(W, (1, 2))
   finite_x = jnp.all(jnp.isfinite(X), -1)
   finite_w = jnp.all(jnp.isfinite(W), (1, 2))
-  X_unit = jnp.where(finite_x[:, None], X / a[:, None], 0)
-  W_unit = jnp.where(finite_w[:, None, None], W / b[:, None, None], 0)
+  X_unit = jnp.where(finite_x[:, None], jnp.ldexp(X, -ea[:, None]), 0)
+  W_unit = jnp.where(finite_w[:, None, None], jnp.ldexp(W, -eb[:, None, None]), 0)
 
   def one_cone(args):
-    W_k, b_k, finite_k = args
+    W_k, eb_k, finite_k = args
     G = jnp.dot(W_k.T, W_k, precision=_HIGHEST)
     C = jnp.dot(X_unit, W_k, precision=_HIGHEST)
     if penalty == "absolute":
-      C, mu_k = C - (mu / (a * b_k))[:, None], jnp.zeros_like(mu)
+      C, mu_k = C - jnp.ldexp(mu, -(ea + eb_k))[:, None], jnp.zeros_like(mu)
     else:
       mu_k = mu
     out = _nnls.solve_gram(G, C, mu_k, solver=solver, batch_size=batch_size,
                            differentiation=differentiation, penalty=penalty)
     ok = finite_x & finite_k
     nan = jnp.asarray(jnp.nan, X.dtype)
-    return (jnp.where(ok[:, None], out.h * (a / b_k)[:, None], nan), out.n_iter,
+    return (jnp.where(ok[:, None], jnp.ldexp(out.h, (ea - eb_k)[:, None]), nan), out.n_iter,
             jnp.where(ok, out.residual, nan), out.converged & ok)
 
-  h, n_iter, residual, converged = lax.map(one_cone, (W_unit, b, finite_w))
+  h, n_iter, residual, converged = lax.map(one_cone, (W_unit, eb, finite_w))
   return _nnls.NNLSResult(jnp.moveaxis(h, 0, 1), n_iter.T, residual.T, converged.T)
 
 

@@ -138,7 +138,7 @@ def project_dictionaries(W: jax.Array) -> jax.Array:
 
 
 def _label_indices(cones, y, n):
-  y = np.asarray(y)
+  y = _checks.check_labels(y, "y", "give each sample one of the cones' classes")
   if y.shape != (n,):
     raise ValueError(f"y must hold one label per row of X, shape ({n},); got {y.shape}.")
   lookup = {label: k for k, label in enumerate(cones.classes)}
@@ -208,6 +208,8 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     ValueError: on labels without a cone, a bad validation split, non-positive
       temperature, tau < 0, or bad sizes and options.
   """
+  _checks.require_concrete("finetune", "Fine-tune outside jit; write your own jitted step "
+                           "from conejax's losses if you need one.", X=X, y=y, W=cones.W)
   _checks.check_choice(objective, "objective", OBJECTIVES)
   steps = _checks.check_positive_int(steps, "steps")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
@@ -247,7 +249,11 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     updates, opt_state = optimizer.update(grad, opt_state, W)
     return project_dictionaries(optax.apply_updates(W, updates)), opt_state, loss
 
-  def evaluate(W):
+  def evaluate(W, step):
+    if not np.all(np.isfinite(np.asarray(W))):
+      raise ValueError(f"finetune diverged: the dictionaries hold NaN or Inf after step {step} "
+                       "(the optimiser's update was not finite); lower the learning rate and "
+                       "check that it is a finite number.")
     tuned = _cone.Cones(W, cones.mu_h, cones.classes, cones.settings)
     D2 = _cone.distance(tuned, X_val, solver=solver) ** 2
     val_loss = float(loss_fn(D2, labels_val))
@@ -258,7 +264,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   start = time.perf_counter()
   W = project_dictionaries(cones.W)
   opt_state = optimizer.init(W)
-  val_loss, val_score = evaluate(W)
+  val_loss, val_score = evaluate(W, 0)
   records = [(0, np.nan, val_loss, val_score)]
   best_W, best_step, best_score, waited = W, 0, val_score, 0
   per_epoch = X.shape[0] // batch_size
@@ -275,7 +281,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     losses.append(loss)
     if step % eval_every and step != steps:
       continue
-    val_loss, val_score = evaluate(W)
+    val_loss, val_score = evaluate(W, step)
     records.append((step, float(np.mean(jnp.stack(losses))), val_loss, val_score))
     losses = []
     bar.set_postfix(val_loss=f"{val_loss:.4g}", val_score=f"{val_score:.4f}")

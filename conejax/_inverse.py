@@ -115,6 +115,24 @@ def _solve_per_sample(A, W, V, mu, loss, options, chunk):
   return _loops.in_chunks(lambda a: jax.vmap(single)(*a), (A, V), chunk)
 
 
+_NO_GRAD_L1 = ("reconstruct(loss='l1') is not differentiable (its primal-dual iterations run "
+               "in a while_loop); differentiate loss='l2', or wrap the call in "
+               "jax.lax.stop_gradient.")
+_NO_GRAD_PER_SAMPLE = ("reconstruct(per_sample_operator=True) is differentiable only with "
+                       "differentiation='unroll' (set max_iter too); the implicit route needs "
+                       "one operator shared by all samples.")
+
+
+def _guarded(fn, loss, per_sample, differentiation):
+  """``fn`` whose ``grad`` raises a clear ``TypeError`` on the routes that cannot
+  differentiate (the l1 loss; per-sample operators under the implicit route)."""
+  if loss == "l1":
+    return _checks.not_differentiable(fn, _NO_GRAD_L1)
+  if per_sample and differentiation != "unroll":
+    return _checks.not_differentiable(fn, _NO_GRAD_PER_SAMPLE)
+  return fn
+
+
 @functools.partial(jax.jit, static_argnames=("loss", "select", "per_sample", "options",
                                              "chunk"))
 def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
@@ -122,15 +140,18 @@ def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
   K, m, d = W.shape
   if select == "union":
     W = jnp.transpose(W, (1, 0, 2)).reshape(1, m, K * d)
+  guard = functools.partial(_guarded, loss=loss, per_sample=per_sample,
+                            differentiation=options.get("differentiation"))
   if per_sample:
-    h, converged = zip(*[_solve_per_sample(A, W_k, V, mu, loss, options, chunk) for W_k in W])
+    solve = guard(lambda A, W_k, V, mu: _solve_per_sample(A, W_k, V, mu, loss, options, chunk))
+    h, converged = zip(*[solve(A, W_k, V, mu) for W_k in W])
     h = jnp.stack(h, -2)
     AU = jax.vmap(lambda A_i, u: operators.apply(A_i, u))(A, jnp.einsum(
         "nkd,kmd->nkm", h, W, precision=_HIGHEST))
   else:
     B = jax.vmap(operators.apply_to_dictionary, (None, 0))(A, W)
-    h, converged = zip(*[(out.h, out.converged) for out in
-                           (_solve_shared(B_k, V, mu, loss, options) for B_k in B)])
+    solve = guard(lambda B_k, V, mu: tuple(_solve_shared(B_k, V, mu, loss, options)[::3]))
+    h, converged = zip(*[solve(B_k, V, mu) for B_k in B])
     h = jnp.stack(h, -2)
     AU = jnp.einsum("nkd,kcd->nkc", h, B, precision=_HIGHEST)
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
@@ -146,6 +167,16 @@ def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
   pick = lambda x: jnp.take_along_axis(x, best.reshape((-1, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
   converged = jnp.take_along_axis(converged, best[:, None], 1)[:, 0]
   return Reconstruction(pick(U), pick(h), pick(misfit), best, converged)
+
+
+def _is_single_operator(A, dtype) -> bool:
+  """Whether A, given as a batch of per-sample operators, is a single one: its ``mv``
+  maps one signal (in_size,) to (out_size,) (a batch's leaves broadcast or fail)."""
+  try:
+    out = jax.eval_shape(A.mv, jax.ShapeDtypeStruct((A.in_size,), dtype))
+  except Exception:  # a batch of operators cannot apply to a single signal
+    return False
+  return out.shape == (A.out_size,)
 
 
 def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: str = "each",
@@ -218,6 +249,11 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   if V.ndim != 2 or V.shape[1] != A.out_size:
     raise ValueError(f"V must have shape (N, {A.out_size}) (A's output size), samples as rows; "
                      f"got {tuple(V.shape)}.")
+  if per_sample_operator and not single_sample and _is_single_operator(A, V.dtype):
+    raise ValueError(f"per_sample_operator=True, but A is one operator (A.mv maps a signal "
+                     f"({m},) to ({A.out_size},)); pass per_sample_operator=False to apply it "
+                     "to every sample, or build one per sample, e.g. "
+                     "jax.vmap(operators.mask)(M) with M of shape (N, m).")
   if per_sample_operator:
     sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(A)}
     if sizes != {V.shape[0]} and not single_sample:

@@ -105,7 +105,8 @@ def _fit(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner, unit_atoms=
 
 @jax.jit
 def _exact_codes(W, U, mask, mu_h):
-  """Exact sparse codes of each U_k (K, n, m) on its own W_k (K, m, d), masked rows zero.
+  """Exact sparse codes of each U_k (K, n, m) on its own W_k (K, m, d) with its own
+  penalty mu_h[k] (K,), masked rows zero.
 
   Run after the fit, one class at a time (``lax.map``): the active-set solve is not
   vmapped (XLA:CPU deadlocked on it inside the per-class vmap, jax 0.10.2).
@@ -113,11 +114,11 @@ def _exact_codes(W, U, mask, mu_h):
   solver = solvers.resolve("auto", n_atoms=W.shape[-1])
 
   def one(args):
-    W, U, mask = args
+    W, U, mask, mu_h = args
     problem = solvers.QuadraticProblem(_nmf_steps.gram(W), _nmf_steps.dot(U, W), mu_h)
     return solvers.solve(solver, problem).h * mask[:, None]
 
-  return lax.map(one, (W, U, mask))
+  return lax.map(one, (W, U, mask, mu_h))
 
 
 def _unit_atoms(W, H):
@@ -146,16 +147,20 @@ def _nmf_per_class_jit(keys, U, mask, mu_w, mu_h, *, rank, init, method, max_ite
                           unit_atoms=unit_atoms)
 
   def one_class(args):
-    key, U, mask = args
+    key, U, mask, mu_w, mu_h = args
     W0, H0 = init_fn(key, U, rank, mask)
     return fit(U, mask, W0, H0, mu_w, mu_h)
 
-  return lax.map(one_class, (keys, U, mask), batch_size=class_batch_size)
+  return lax.map(one_class, (keys, U, mask, mu_w, mu_h), batch_size=class_batch_size)
 
 
 def _check_data(U, name):
   U = _checks.as_float_array(U, name)
   _checks.check_ndim(U, name, (2,), "(N, m), samples as rows")
+  if 0 in U.shape:
+    empty = "rows" if U.shape[0] == 0 else "features"
+    raise ValueError(f"{name} has no {empty}, shape {tuple(U.shape)}; NMF needs at least one "
+                     "sample and one feature (skip empty chunks).")
   _checks.check_finite(U, name)
   _checks.check_nonnegative(U, name)
   return U
@@ -243,19 +248,25 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "hals
                                    max_iter=max_iter, tol=tol, inner=inner,
                                    unit_atoms=bool(unit_atoms))
   if unit_atoms:
-    H = _exact_codes(W[None], U[None], jnp.ones((1, U.shape[0]), U.dtype), mu_h)[0]
+    H = _exact_codes(W[None], U[None], jnp.ones((1, U.shape[0]), U.dtype), mu_h[None])[0]
   return NMFResult(*rescale(s, W, H, history, n_iter))
 
 
 def unit_scale(U, mu_w, mu_h, H0=None):
-  """U / s for a power of two s near max(U), with the penalties and H0 to match.
+  """U / s for s = max(U) (1 when U is zero or not finite), with the penalties and H0 to
+  match.
 
   For U = s U' and H = s H' (W unchanged), 0.5 ||U - H W^T||^2 + mu_w |W| + mu_h |H| is s^2
   times the objective of (U', W, H') with penalties mu_w / s^2 and mu_h / s: the same
-  fit, exactly (s is a power of two), with every square in the float range. Returns
-  (s, U', mu_w', mu_h', H0'); ``rescale`` maps the fit back.
+  fit, with every square in the float range. Dividing by max(U) itself (not a nearby
+  power of two) also makes the scale-dependent parts of the inits (NNDSVDa fills zeros
+  with mean(U), as scikit-learn does) see the same data for U and c U, so fits are
+  equivariant: nmf(c U) = (W, c H). Returns (s, U', mu_w', mu_h', H0'); ``rescale`` maps
+  the fit back. Eager (the drivers call it outside jit): no reassociation of the chained
+  divisions.
   """
-  s = _scale.scale_of(U, axis=None).astype(U.dtype)
+  top = jnp.max(U)
+  s = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
   return s, U / s, mu_w / s / s, mu_h / s, None if H0 is None else H0 / s
 
 
@@ -264,13 +275,27 @@ def rescale(s, W, H, history, *rest):
   return (W, H * s, history * s * s, *rest)
 
 
+def unit_scale_per_class(U, mu_w, mu_h):
+  """``unit_scale`` of every class of U (K, n, m) by its own maximum: s (K,), U / s and the
+  penalties (K,), so that each class is fitted exactly as ``nmf`` fits it alone."""
+  top = jnp.max(U, axis=(1, 2))
+  s = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
+  return s, U / s[:, None, None], mu_w / s / s, mu_h / s
+
+
+def scatter_codes(H, s, index, mask, n):
+  """Per-class codes H (K, n_k, d) at unit scale, times s (K,), back in input order (n, d)."""
+  H = H * s[:, None, None]
+  return jnp.zeros((n, H.shape[-1]), H.dtype).at[index[mask]].set(H[mask])
+
+
 def _group_by_class(y, rank):
   """Row indices of each class, padded to the largest class, and the matching mask."""
   y = _cone_labels(y)
   classes, counts = np.unique(y, return_counts=True)
   if counts.min() < rank:
     small = classes[counts.argmin()]
-    raise ValueError(f"class {small!r} has {counts.min()} samples, fewer than rank {rank}; "
+    raise ValueError(f"class {small.item()!r} has {counts.min()} samples, fewer than rank {rank}; "
                      "lower the rank or add samples.")
   index = np.zeros((len(classes), counts.max()), np.int64)
   mask = np.zeros(index.shape, bool)
@@ -330,8 +355,8 @@ def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
       X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h)
   rank, method, max_iter, tol, inner, mu_w, mu_h = options
   class_batch_size = _checks.check_positive_int(class_batch_size, "class_batch_size")
-  s, X, mu_w, mu_h, _ = unit_scale(X, mu_w, mu_h)
   U = X[index] * jnp.asarray(mask, X.dtype)[..., None]
+  s, U, mu_w, mu_h = unit_scale_per_class(U, mu_w, mu_h)
   keys = jax.random.split(key, len(classes))
   W, H, history, n_iter = _nmf_per_class_jit(
       keys, U, jnp.asarray(mask, X.dtype), mu_w, mu_h, rank=rank, init=init, method=method,
@@ -339,5 +364,5 @@ def nmf_per_class(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0,
       unit_atoms=bool(unit_atoms))
   if unit_atoms:
     H = _exact_codes(W, U, jnp.asarray(mask, X.dtype), mu_h)
-  codes = jnp.zeros((X.shape[0], rank), X.dtype).at[index[mask]].set(H[mask])
-  return NMFResult(*rescale(s, W, codes, history, n_iter, classes))
+  codes = scatter_codes(H, s, index, mask, X.shape[0])
+  return NMFResult(W, codes, history * s[:, None] * s[:, None], n_iter, classes)

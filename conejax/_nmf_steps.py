@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import solvers
+from conejax import _checks, _scale, solvers
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -106,7 +106,21 @@ def objective_from_stats(norm_u2, W, H, A, B, mu_w, mu_h):
 def objective(U, W, H, mu_w=0.0, mu_h=0.0):
   """The sparse NMF objective 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1, directly.
 
-  U is (N, m), W (m, d) and H (N, d); returns a scalar.
+  U is (N, m), W (m, d) and H (N, d); returns a scalar. The residual norm is taken at unit
+  scale (``_scale.norm``), so data of any magnitude gives the objective unless the value
+  itself leaves the float range. Works under ``jit``, ``vmap`` and ``grad``.
+
+  Raises:
+    ValueError: on arrays that are not 2-D floating, shapes that do not chain, or negative
+      or non-finite penalties.
   """
+  U, W, H = (_checks.as_float_array(x, name) for x, name in ((U, "U"), (W, "W"), (H, "H")))
+  for x, name, doc in ((U, "U", "(N, m)"), (W, "W", "(m, d)"), (H, "H", "(N, d)")):
+    _checks.check_ndim(x, name, (2,), doc)
+  if W.shape[0] != U.shape[1] or H.shape != (U.shape[0], W.shape[1]):
+    raise ValueError(f"U (N, m), W (m, d) and H (N, d) must agree; got U {tuple(U.shape)}, "
+                     f"W {tuple(W.shape)} and H {tuple(H.shape)}.")
+  mu_w, mu_h = _checks.check_penalty(mu_w, "mu_w"), _checks.check_penalty(mu_h, "mu_h")
   residual = U - _dot(H, W.T)
-  return 0.5 * jnp.sum(residual**2) + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)
+  fit = _scale.norm(residual.reshape(-1)) ** 2 if residual.size else 0.0
+  return 0.5 * fit + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)

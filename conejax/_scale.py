@@ -15,20 +15,22 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def power_of_two(s):
-  """2^(e - 1) for s = f 2^e, f in [0.5, 1), so that s / power_of_two(s) lies in [1, 2).
+def exponent_of(x, axis=-1, keepdims: bool = False):
+  """The integer e with 2^e <= max |x| < 2^(e + 1) along ``axis``; 0 where that maximum is
+  zero, NaN or Inf. Never differentiated (a constant scale).
 
-  1 where s is zero, negative, NaN or Inf. Never differentiated (a constant scale).
+  Combine scales by adding exponents and apply them with ``jnp.ldexp``: XLA rewrites
+  a / b / c as a / (b c), whose product can underflow where the chain would not.
   """
-  s = lax.stop_gradient(jnp.asarray(s))
+  s = lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=keepdims))
   _, exponent = jnp.frexp(s)
-  ok = jnp.isfinite(s) & (s > 0)
-  return jnp.where(ok, jnp.ldexp(jnp.ones_like(s), exponent - 1), jnp.ones_like(s))
+  return jnp.where(jnp.isfinite(s) & (s > 0), exponent - 1, 0)
 
 
 def scale_of(x, axis=-1, keepdims: bool = False):
-  """The power of two nearest below max |x| along ``axis`` (1 for zero or non-finite)."""
-  return power_of_two(jnp.max(jnp.abs(x), axis=axis, keepdims=keepdims))
+  """2^``exponent_of(x)``: the power of two nearest below max |x| (1 for zero or non-finite)."""
+  x = jnp.asarray(x)
+  return jnp.ldexp(jnp.ones((), x.dtype), exponent_of(x, axis, keepdims))
 
 
 def norm(x, axis: int = -1):

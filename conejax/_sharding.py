@@ -145,9 +145,9 @@ def _fit_sharded(U, mask, W0, H0, mu_w, mu_h, *, mesh, per_class, **static):
   """``_fit_rows`` under shard_map; with ``per_class`` every array has a leading (K,) axis."""
   fit = functools.partial(_fit_rows, **static)
   rows, single = (_CLASS_ROWS, P("classes")) if per_class else (_ROWS, P())
-  if per_class:
-    fit = jax.vmap(fit, in_axes=(0, 0, 0, 0, None, None))
-  return jax.shard_map(fit, mesh=mesh, in_specs=(rows, rows, single, rows, P(), P()),
+  if per_class:  # one penalty per class (each class at its own unit scale)
+    fit = jax.vmap(fit)
+  return jax.shard_map(fit, mesh=mesh, in_specs=(rows, rows, single, rows, single, single),
                        out_specs=(single, rows, single, single))(U, mask, W0, H0, mu_w, mu_h)
 
 
@@ -238,13 +238,13 @@ def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0
   X, options, init, (classes, index, mask) = _nmf._check_per_class(
       X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h)
   rank, method, max_iter, tol, inner, mu_w, mu_h = options
-  s, X, mu_w, mu_h, _ = _nmf.unit_scale(X, mu_w, mu_h)
   K = len(classes)
   index, mask = (np.pad(x, [(0, -K % n_classes), (0, 0)], mode="edge") for x in (index, mask))
   keys = jax.random.split(key, K)
   keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], len(index) - K, axis=0)])
   mask = jnp.asarray(mask, X.dtype)
   U = X[index] * mask[..., None]
+  s, U, mu_w, mu_h = _nmf.unit_scale_per_class(U, mu_w, mu_h)
   W0, H0 = _init_factors(keys, U, mask, init=init, rank=rank, per_class=True)
   rows = lambda x: [(0, 0), (0, -x.shape[1] % n_data)] + [(0, 0)] * (x.ndim - 2)
   place = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
@@ -253,8 +253,9 @@ def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0
                                        method=method, max_iter=max_iter, tol=tol, inner=inner)
   index, mask = index[:K], np.asarray(mask[:K], bool)
   H = H[:K, :mask.shape[1]]  # each class's real rows; the rest is padding
-  codes = jnp.zeros((X.shape[0], rank), X.dtype).at[index[mask]].set(H[mask])
-  return _nmf.NMFResult(*_nmf.rescale(s, W[:K], codes, history[:K], n_iter[:K], classes))
+  s = s[:K]
+  codes = _nmf.scatter_codes(H, s, index, mask, X.shape[0])
+  return _nmf.NMFResult(W[:K], codes, history[:K] * s[:, None] * s[:, None], n_iter[:K], classes)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "mesh", "specs", "options"))

@@ -20,7 +20,7 @@ _HIGHEST = lax.Precision.HIGHEST
 def features(cones: _cone.Cones, X, **options) -> jax.Array:
   """The codes on every cone, concatenated, as a representation: (..., K * d)."""
   H = _cone.codes(cones, X, **options)
-  return H.reshape(H.shape[:-2] + (-1,))
+  return H.reshape(H.shape[:-2] + (H.shape[-2] * H.shape[-1],))
 
 
 def anomaly_score(cones: _cone.Cones, X, **options) -> jax.Array:
@@ -61,15 +61,15 @@ _NO_GRAD_COMPRESS = ("compress is not differentiable (its support selection and 
 def _compress(W, X, *, n_nonzero):
   """Scale-safe: each sample over a power of two a near its largest entry, W over b; the
   codes are (a / b) times those at unit scale, the relative errors unchanged."""
-  a, b = _scale.scale_of(X, -1), _scale.scale_of(W, None)
+  ea, eb = _scale.exponent_of(X, -1), _scale.exponent_of(W, None)
   finite = jnp.all(jnp.isfinite(X), -1) & jnp.all(jnp.isfinite(W))
-  X_unit = jnp.where(finite[:, None], X / a[:, None], 0)
-  W_unit = jnp.where(jnp.all(jnp.isfinite(W)), W / b, 0)
+  X_unit = jnp.where(finite[:, None], jnp.ldexp(X, -ea[:, None]), 0)
+  W_unit = jnp.where(jnp.all(jnp.isfinite(W)), jnp.ldexp(W, -eb), 0)
   unit = _checks.not_differentiable(functools.partial(_compress_unit, n_nonzero=n_nonzero),
                                     _NO_GRAD_COMPRESS)
   H, error = unit(W_unit, X_unit)
   nan = jnp.asarray(jnp.nan, X.dtype)
-  return (jnp.where(finite[:, None], H * (a / b)[:, None], nan),
+  return (jnp.where(finite[:, None], jnp.ldexp(H, (ea - eb)[:, None]), nan),
           jnp.where(finite, error, nan))
 
 
@@ -159,6 +159,8 @@ def kcones(X, n_clusters: int, rank: int, *, key: jax.Array, n_iter: int = 10,
                            "run in Python); the fitted cones then work under jit.", X=X)
   X = _checks.as_float_array(X, "X")
   _checks.check_ndim(X, "X", (2,), "(N, m), samples as rows")
+  if 0 in X.shape:
+    raise ValueError(f"X is empty, shape {tuple(X.shape)}; k-cones needs samples and features.")
   _checks.check_finite(X, "X")
   _checks.check_nonnegative(X, "X")
   X = np.asarray(X)

@@ -97,4 +97,4 @@ def _split(arrays, part, path):
     raise ValueError(f"{where} has dtype {x.dtype}; pass uint8 images or floats in [0, 1].")
   if y.dtype.kind not in "ui":
     raise ValueError(f"{str(path)!r}: y_{part} has dtype {y.dtype}; labels must be integers.")
-  return x.reshape(len(x), -1).astype(np.float32), y
+  return x.reshape(len(x), int(np.prod(x.shape[1:]))).astype(np.float32), y
