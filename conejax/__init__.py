@@ -33,6 +33,9 @@ from conejax._nmf_steps import objective as nmf_objective
 from conejax._nnls import nnls as nnls
 from conejax._nnls import nnls_gram as nnls_gram
 from conejax._nnls_l1 import nnls_l1 as nnls_l1
+from conejax._patch_cones import PatchCones as PatchCones
+from conejax._patch_cones import fit_patch_cones as fit_patch_cones
+from conejax._restore import restore as restore
 from conejax._sharding import distance_sharded as distance_sharded
 from conejax._sharding import make_mesh as make_mesh
 from conejax._sharding import nmf_per_class_sharded as nmf_per_class_sharded

@@ -14,7 +14,8 @@ POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nmf": 2,
               "make_mesh": 1, "shard_samples": 2, "nmf_sharded": 2, "nmf_per_class_sharded": 3,
               "distance_sharded": 3, "predict_sharded": 3, "reconstruct_sharded": 4,
               "nmf_partial_fit": 2, "nmf_minibatch_init": 3, "nmf_minibatch": 2,
-              "random_shift": 3, "extract_patches": 2, "reassemble_patches": 3}
+              "random_shift": 3, "extract_patches": 2, "reassemble_patches": 3,
+              "fit_patch_cones": 2, "restore": 3}
 PUBLIC_FUNCTIONS = sorted(POSITIONAL)
 
 

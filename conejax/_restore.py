@@ -1,0 +1,233 @@
+"""Plug-and-play restoration of whole images with a patch-cone prior.
+
+For an observation v = A u + noise (noise std ``sigma``) of an (H, W) image u, flattened
+row-major, and any conejax operator A (mask, blur, downsample, sensing, compositions),
+``restore`` runs half-quadratic splitting (HQS) on
+
+    min_u  ||A u - v||^2 / (2 sigma^2) + sum over patches of the patch-cone prior,
+
+alternating, for k = 1..n_iter with a decreasing prior level s_k,
+
+    prior step:  z_k = average of P(patch(u_{k-1})) at penalty mu_k = tau s_k,
+    data step:   u_k = argmin_u ||A u - v||^2 + alpha_k ||u - z_k||^2,
+                 alpha_k = lam sigma^2 / s_k^2,
+
+where P is the patch-cone projection (``conejax.PatchCones``: each patch's mean plus its
+signed code on the best cone) and the average is over every patch covering a pixel
+(weighted by 1 / (1 + nnz), the number of non-zero codes, with ``weights="sparsity"``:
+sparser patch estimates are less noisy, as in BM3D's aggregation).
+
+The data step is the linear system (A^T A + alpha_k I) u = A^T v + alpha_k z_k. For a
+mask it is solved in closed form, u = (M v + alpha z) / (M^2 + alpha) per pixel; for every
+other operator by ``cg_iter`` conjugate-gradient steps warm-started at the previous u,
+using only ``A.mv`` and ``A.T.mv`` (the operator is never materialised). For the identity
+CG is exact in one step, for a 0/1 mask or average pooling in two (A^T A has two
+eigenvalues).
+
+Schedule: s_k is geometric from ``sigma_start`` down to ``sigma_end`` (default
+max(sigma, sigma_min)) over n_iter steps, as in DPIR (Zhang et al. 2021): early steps
+with a strong prior and a weak data weight fill in what A loses, later ones settle at the
+noise level. The first iterate u_0 solves the data step with a tiny weight around the
+constant image of v's mean intensity (for a mask: observed pixels kept, the rest at the
+mean). The result is the last prior step z_n (``output="prior"``) or the data step after
+it (``output="data"``; with sigma = 0, alpha_k = 0 and it keeps the observed pixels of a
+mask exactly, filling the others from the prior).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from conejax import _checks, _nnls
+from conejax import patches as _patches
+from conejax._patch_cones import PatchCones, project_patches
+from conejax.operators import LinearOperator
+from conejax.operators._image import Mask
+
+SIGMA_MIN = 0.005  # the lowest prior level of the default schedule (noiseless problems)
+OUTPUTS = ("prior", "data")
+WEIGHTS = ("uniform", "sparsity")
+
+
+def conjugate_gradient(A: LinearOperator, b, x0, alpha, n_iter: int):
+  """``n_iter`` CG steps on (A^T A + alpha I) x = b from x0 (flat arrays), traced."""
+  normal = lambda x: A.T.mv(A.mv(x)) + alpha * x
+  tiny = jnp.finfo(b.dtype).tiny
+
+  def step(_, state):
+    x, r, p, rr = state
+    q = normal(p)
+    pq = jnp.vdot(p, q)
+    a = jnp.where(pq > tiny, rr / jnp.where(pq > tiny, pq, 1), 0)
+    x, r = x + a * p, r - a * q
+    rr_new = jnp.vdot(r, r)
+    p = r + jnp.where(rr > tiny, rr_new / jnp.where(rr > tiny, rr, 1), 0) * p
+    return x, r, p, rr_new
+
+  r = b - normal(x0)
+  return lax.fori_loop(0, n_iter, step, (x0, r, r, jnp.vdot(r, r)))[0]
+
+
+def data_step(A: LinearOperator, v, z, alpha, *, cg_iter: int, x0=None):
+  """argmin_u ||A u - v||^2 + alpha ||u - z||^2 for one flat image: closed form for masks."""
+  if isinstance(A, Mask):
+    M = A.weights.astype(v.dtype)
+    denominator = M * M + alpha
+    safe = jnp.where(denominator > 0, denominator, 1)
+    return jnp.where(denominator > 0, (M * v + alpha * z) / safe, z)
+  b = A.T.mv(v) + alpha * z
+  return conjugate_gradient(A, b, z if x0 is None else x0, alpha, cg_iter)
+
+
+def _prior_step(pc, U, mu, geometry, weights, solver, reweight):
+  """Overlap-averaged patch-cone projections of the images U (N, H W)."""
+  N, (p, q) = U.shape[0], geometry[1]
+  X = jax.vmap(lambda u: _patches.extract_flat(u, *geometry))(U)
+  n = X.shape[1]
+  P, nnz = project_patches(pc, X.reshape(N * n, p * q), mu, solver=solver, reweight=reweight)
+  P = P.reshape(N, n, p * q)
+  if weights == "uniform":
+    return jax.vmap(lambda P: _patches.average_flat(P, *geometry))(P)
+  w = (1 / (1 + nnz.astype(U.dtype))).reshape(N, n, 1)
+  add = jax.vmap(lambda P: _patches.overlap_add_flat(P, *geometry))
+  return add(w * P) / add(jnp.broadcast_to(w, (N, n, p * q)))
+
+
+_STATIC = ("geometry", "cg_iter", "output", "weights", "solver", "reweight")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _restore(pc, V, A, levels, alphas, tau, init, *, geometry, cg_iter, output, weights,
+             solver, reweight):
+  data = jax.vmap(lambda v, z, x0, alpha: data_step(A, v, z, alpha, cg_iter=cg_iter, x0=x0),
+                  in_axes=(0, 0, 0, None))
+  tiny_alpha = alphas[0] * 1e-3
+  U = data(V, init, init, tiny_alpha)
+
+  def step(k, state):
+    U, _ = state
+    Z = _prior_step(pc, U, tau * levels[k], geometry, weights, solver, reweight)
+    return data(V, Z, U, alphas[k]), Z
+
+  U, Z = lax.fori_loop(0, levels.shape[0], step, (U, U))
+  return Z if output == "prior" else U
+
+
+def _check_count(value, name):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(f"{name} must be an integer >= 0; got {value!r}.")
+  return int(value)
+
+
+def _check_scalar(x, name, fix, positive=False):
+  if jnp.ndim(x) != 0:
+    raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(x)}. {fix}")
+  if _checks.is_concrete(x):
+    value = float(x)
+    if not np.isfinite(value) or value < 0 or (positive and value == 0):
+      raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}; got "
+                       f"{value}. {fix}")
+  return jnp.asarray(x)
+
+
+def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shape, sigma,
+            n_iter: int = 8, sigma_start=None, sigma_end=None, tau=1.5, lam=1.0, stride=2,
+            cg_iter: int = 20, weights: str = "sparsity", output: str = "prior", init=None,
+            reweight: int = 0, solver="auto") -> jax.Array:
+  """Restores images from v = A u + noise by HQS with a patch-cone prior.
+
+  See the module docstring for the iteration and the schedule of the coupling weight.
+
+  Args:
+    cones: ``PatchCones`` from ``conejax.fit_patch_cones``.
+    v: (k,) observation of one image, or (N, k) of N images under the same operator; for
+      one operator per image, ``jax.vmap`` over (A, v).
+    A: operator from (H W,) to (k,); None is the identity (denoising).
+    image_shape: (H, W) of the restored image.
+    sigma: noise standard deviation of v (0 for noiseless observations).
+    n_iter: HQS iterations (prior steps).
+    sigma_start: first prior level s_1 (default max(sigma, 0.1)); larger fills more.
+    sigma_end: last prior level s_n (default max(sigma, 0.005)).
+    tau: penalty of the codes per unit of prior level, mu_k = tau s_k.
+    lam: multiplies the coupling weight alpha_k = lam sigma^2 / s_k^2.
+    stride: of the patch corners in the prior step (1: every patch, slower).
+    cg_iter: conjugate-gradient steps per data step (ignored for masks).
+    weights: "sparsity" (1 / (1 + nnz) per patch) or "uniform" overlap averaging.
+    output: "prior" (the last prior step) or "data" (the data step after it).
+    init: (H W,) or (N, H W) starting point of the first data step; default the constant
+      image at v's mean intensity.
+    reweight: reweighted-L1 passes of the patch codes (0: plain L1; see
+      ``conejax._patch_cones.project_patches``).
+    solver: NNLS solver of the patch codes, as in ``conejax.nnls``.
+
+  Returns:
+    (H, W) image, or (N, H, W) for a batch; the dtype of v.
+
+  Raises:
+    ValueError: if the shapes of v, A and image_shape disagree, a patch does not fit the
+      image, sigma, tau or lam are negative, or an option is unknown.
+
+  Example:
+    >>> import jax, numpy as np, conejax
+    >>> images = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    >>> pc = conejax.fit_patch_cones(images, 4, key=jax.random.key(0), rank=8)
+    >>> conejax.restore(pc, images[0].reshape(-1), image_shape=(16, 16), sigma=0.1).shape
+    (16, 16)
+  """
+  if not isinstance(cones, PatchCones):
+    raise ValueError(f"cones must be PatchCones from conejax.fit_patch_cones; got "
+                     f"{type(cones).__name__}.")
+  geometry = _patches.check_geometry(image_shape, cones.patch_shape, stride)
+  (H, W), m = geometry[0], geometry[0][0] * geometry[0][1]
+  if A is None:
+    from conejax.operators import identity
+    A = identity(m)
+  if not isinstance(A, LinearOperator):
+    raise ValueError(f"A must be a conejax.operators LinearOperator; got {type(A).__name__}.")
+  if A.in_size != m:
+    raise ValueError(f"A maps signals of size {A.in_size}, but image_shape {(H, W)} has {m} "
+                     "pixels; build A for the image's shape (flattened row-major).")
+  V = _checks.as_float_array(v, "v")
+  if V.ndim not in (1, 2) or V.shape[-1] != A.out_size:
+    raise ValueError(f"v must have shape ({A.out_size},) or (N, {A.out_size}), A's output; "
+                     f"got {tuple(V.shape)}.")
+  _checks.check_finite(V, "v")
+  single = V.ndim == 1
+  V = V[None] if single else V
+  n_iter = _checks.check_positive_int(n_iter, "n_iter")
+  cg_iter = _checks.check_positive_int(cg_iter, "cg_iter")
+  _checks.check_choice(output, "output", OUTPUTS)
+  _checks.check_choice(weights, "weights", WEIGHTS)
+  fix = "Pass the noise standard deviation of v, in its units."
+  sigma = _check_scalar(sigma, "sigma", fix).astype(V.dtype)
+  tau = _check_scalar(tau, "tau", "It scales the code penalty mu = tau * level.").astype(V.dtype)
+  lam = _check_scalar(lam, "lam", "It scales the coupling weight.", positive=True).astype(V.dtype)
+  floor = jnp.maximum(sigma, SIGMA_MIN)
+  start = (jnp.maximum(sigma, 0.1) if sigma_start is None else
+           _check_scalar(sigma_start, "sigma_start", "The first prior level.", True))
+  end = floor if sigma_end is None else _check_scalar(sigma_end, "sigma_end",
+                                                      "The last prior level.", True)
+  t = jnp.linspace(0, 1, n_iter, dtype=V.dtype)
+  levels = jnp.exp((1 - t) * jnp.log(start.astype(V.dtype)) + t * jnp.log(end.astype(V.dtype)))
+  alphas = lam * sigma**2 / levels**2
+  if init is None:
+    ones = A.mv(jnp.ones(m, V.dtype))
+    level = jnp.sum(V, axis=1) / jnp.where(jnp.sum(ones) != 0, jnp.sum(ones), 1)
+    init = jnp.broadcast_to(level[:, None], (V.shape[0], m))
+  else:
+    init = _checks.as_float_array(init, "init").astype(V.dtype)
+    init = jnp.broadcast_to(init.reshape(-1, m), (V.shape[0], m))
+  d = cones.W.shape[-1] * (2 if cones.signed else 1)
+  solver, _ = _nnls.check_options(solver, max_iter=None, tol=None, batch_size=2048,
+                                  differentiation="implicit", n_atoms=d)
+  pc = jax.tree_util.tree_map(lambda x: x.astype(V.dtype), cones)
+  out = _restore(pc, V, A, levels, alphas, tau, init, geometry=geometry, cg_iter=cg_iter,
+                 output=output, weights=weights, solver=solver,
+                 reweight=_check_count(reweight, "reweight"))
+  out = out.reshape(-1, H, W)
+  return out[0] if single else out

@@ -1,0 +1,237 @@
+"""Patch cones and plug-and-play restoration: references, closed forms, jit, vmap, PSNR."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.feature_extraction.image import reconstruct_from_patches_2d
+from sklearn.linear_model import Lasso
+
+import conejax
+from conejax import operators
+from conejax._patch_cones import project_patches
+from conejax._restore import conjugate_gradient, data_step
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 2e-4, np.float64: 1e-7}
+
+
+def _smooth_images(seed, n, side, dtype=np.float64):
+  """Piecewise-smooth test images in [0, 1]: blurred random rectangles."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[:side, :side] / side
+  out = []
+  for _ in range(n):
+    img = 0.3 + 0.2 * np.sin(2 * np.pi * (rng.random() * x + rng.random() * y))
+    for _ in range(4):
+      a, b = np.sort(rng.random(2)), np.sort(rng.random(2))
+      img = img + 0.3 * ((x > a[0]) & (x < a[1]) & (y > b[0]) & (y < b[1]))
+    out.append(np.clip(img, 0, 1))
+  return np.stack(out).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def cones():
+  return conejax.fit_patch_cones(_smooth_images(0, 6, 24), 4, key=jax.random.key(0), rank=8,
+                                 max_iter=50)
+
+
+@pytest.fixture(scope="module")
+def mixture():
+  return conejax.fit_patch_cones(_smooth_images(1, 6, 24), 4, key=jax.random.key(1), rank=6,
+                                 n_cones=2, max_iter=30, n_train=2000)
+
+
+def _lasso_fit(W, r, mu):
+  """Reference signed code: scikit-learn's Lasso min 1/(2m) ||r - W c||^2 + alpha |c|_1."""
+  if mu == 0:
+    return W @ np.linalg.lstsq(W, r, rcond=None)[0]
+  model = Lasso(alpha=mu / len(r), fit_intercept=False, tol=1e-12, max_iter=100000)
+  return W @ model.fit(W, r).coef_
+
+
+def test_fit_patch_cones_gives_unit_non_negative_atoms(cones, mixture):
+  assert cones.W.shape == (1, 16, 8) and mixture.W.shape == (2, 16, 6)
+  for pc in (cones, mixture):
+    assert np.all(np.asarray(pc.W) >= 0)
+    np.testing.assert_allclose(np.linalg.norm(pc.W, axis=1), 1, rtol=1e-6)
+  assert cones.patch_shape == (4, 4) and cones.signed
+  assert dict(cones.cones.settings)["rank"] == 8
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.05, 0.2])
+def test_signed_projection_equals_lasso_plus_mean(cones, mu):
+  X = np.asarray(conejax.extract_patches(_smooth_images(2, 1, 10)[0], 4, stride=3))
+  X = X + 0.05 * np.random.default_rng(0).standard_normal(X.shape)
+  P, nnz = project_patches(cones, jnp.asarray(X), mu)
+  W = np.asarray(cones.W[0], np.float64)
+  for x, p in zip(X, np.asarray(P)):
+    ref = x.mean() + _lasso_fit(W, x - x.mean(), mu)
+    np.testing.assert_allclose(p, ref, atol=1e-6)
+  assert np.all(np.asarray(nnz) <= 8)
+
+
+def test_reweighted_projection_equals_weighted_lasso(cones):
+  """One reweighting pass: Lasso with per-atom weights w_j = mu / (|c_j| + mu), solved by
+  scikit-learn on the rescaled columns W_j / w_j."""
+  X = np.asarray(conejax.extract_patches(_smooth_images(7, 1, 10)[0], 4, stride=3))
+  X = X + 0.05 * np.random.default_rng(1).standard_normal(X.shape)
+  mu = 0.05
+  P, _ = project_patches(cones, jnp.asarray(X), mu, reweight=1)
+  W = np.asarray(cones.W[0], np.float64)
+  for x, p in zip(X, np.asarray(P)):
+    r = x - x.mean()
+    first = Lasso(alpha=mu / len(r), fit_intercept=False, tol=1e-12, max_iter=100000)
+    w = mu / (np.abs(first.fit(W, r).coef_) + mu)
+    second = Lasso(alpha=mu / len(r), fit_intercept=False, tol=1e-12, max_iter=100000)
+    e = second.fit(W / w, r).coef_
+    np.testing.assert_allclose(p, x.mean() + (W / w) @ e, atol=1e-6)
+
+
+def test_mixture_takes_the_cone_of_least_penalised_objective(mixture):
+  X = np.asarray(conejax.extract_patches(_smooth_images(3, 1, 12)[0], 4, stride=4))
+  mu = 0.05
+  P, _ = project_patches(mixture, jnp.asarray(X), mu)
+  for x, p in zip(X, np.asarray(P)):
+    r = x - x.mean()
+    best = None
+    for W in np.asarray(mixture.W, np.float64):
+      model = Lasso(alpha=mu / len(r), fit_intercept=False, tol=1e-12, max_iter=100000)
+      c = model.fit(W, r).coef_
+      objective = 0.5 * np.sum((W @ c - r) ** 2) + mu * np.abs(c).sum()
+      if best is None or objective < best[0]:
+        best = (objective, x.mean() + W @ c)
+    np.testing.assert_allclose(p, best[1], atol=1e-6)
+
+
+def test_identity_without_noise_returns_the_averaged_projection(cones):
+  v = _smooth_images(4, 1, 12)[0]
+  got = conejax.restore(cones, v.reshape(-1), image_shape=(12, 12), sigma=0.0, n_iter=1,
+                        tau=0.0, sigma_start=0.1, stride=1, weights="uniform")
+  W = np.asarray(cones.W[0])
+  X = np.asarray(conejax.extract_patches(v, 4))
+  fits = np.stack([x.mean() + _lasso_fit(W, x - x.mean(), 0.0) for x in X])
+  ref = reconstruct_from_patches_2d(fits.reshape(-1, 4, 4), (12, 12))
+  np.testing.assert_allclose(got, ref, atol=1e-6)
+  with_penalty = conejax.restore(cones, v.reshape(-1), image_shape=(12, 12), sigma=0.0,
+                                 n_iter=1, tau=1.0, sigma_start=0.02, stride=1,
+                                 weights="uniform")
+  fits = np.stack([x.mean() + _lasso_fit(W, x - x.mean(), 0.02) for x in X])
+  ref = reconstruct_from_patches_2d(fits.reshape(-1, 4, 4), (12, 12))
+  np.testing.assert_allclose(with_penalty, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mask_without_noise_keeps_the_observed_pixels(cones, dtype):
+  u = _smooth_images(5, 1, 16, dtype)[0].reshape(-1)
+  M = (np.random.default_rng(1).random(u.shape) < 0.5).astype(dtype)
+  A = operators.mask(M)
+  got = np.asarray(conejax.restore(cones, A.mv(u), A, image_shape=(16, 16), sigma=0.0,
+                                   n_iter=4, output="data")).reshape(-1)
+  assert got.dtype == dtype
+  np.testing.assert_allclose(got[M == 1], u[M == 1], rtol=10 * np.finfo(dtype).eps)
+  assert np.abs(got[M == 0] - u[M == 0]).mean() < 0.1  # the prior fills the rest
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_data_step_closed_form_cg_and_dense_solve_agree(dtype):
+  rng = np.random.default_rng(2)
+  m, alpha = 64, 0.3
+  v, z = rng.standard_normal(m).astype(dtype), rng.standard_normal(m).astype(dtype)
+  weights = rng.random(m).astype(dtype)
+  mask = operators.mask(weights)
+  closed = data_step(mask, jnp.asarray(v), jnp.asarray(z), alpha, cg_iter=1)
+  ref = (weights * v + alpha * z) / (weights**2 + alpha)
+  np.testing.assert_allclose(closed, ref, rtol=TOL[dtype])
+  cg = conjugate_gradient(mask, jnp.asarray(weights * v + alpha * z), jnp.asarray(z),
+                          alpha, 64)
+  np.testing.assert_allclose(cg, ref, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
+  blur = operators.blur(np.outer([1, 2, 1], [1, 2, 1]) / 16.0, (8, 8))
+  B = np.asarray(operators.materialise(blur, dtype=jnp.float64))
+  dense = np.linalg.solve(B.T @ B + alpha * np.eye(m), B.T @ v + alpha * z)
+  got = data_step(blur, jnp.asarray(v), jnp.asarray(z), alpha, cg_iter=64)
+  assert got.dtype == dtype
+  np.testing.assert_allclose(got, dense, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
+  down = operators.downsample(2, (8, 8))  # two eigenvalues: exact in two CG steps
+  D = np.asarray(operators.materialise(down, dtype=jnp.float64))
+  w = rng.standard_normal(16).astype(dtype)
+  dense = np.linalg.solve(D.T @ D + alpha * np.eye(m), D.T @ w + alpha * z)
+  got = data_step(down, jnp.asarray(w), jnp.asarray(z), alpha, cg_iter=2)
+  np.testing.assert_allclose(got, dense, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_vmap_and_jit_equal_the_loop(cones, dtype):
+  images = _smooth_images(6, 3, 12, dtype)
+  rng = np.random.default_rng(3)
+  blur = operators.blur(np.ones((3, 3)) / 9, (12, 12))
+  V = np.stack([blur.mv(u.reshape(-1)) for u in images]) + 0.01 * rng.standard_normal((3, 144))
+  V = V.astype(dtype)
+  options = dict(image_shape=(12, 12), sigma=0.01, n_iter=3, cg_iter=5)
+  batch = conejax.restore(cones, V, blur, **options)
+  assert batch.shape == (3, 12, 12) and batch.dtype == dtype
+  looped = np.stack([conejax.restore(cones, v, blur, **options) for v in V])
+  np.testing.assert_allclose(batch, looped, atol=TOL[dtype])
+  jitted = jax.jit(lambda V: conejax.restore(cones, V, blur, **options))(V)
+  np.testing.assert_allclose(jitted, batch, atol=TOL[dtype])
+  masks = jax.vmap(operators.mask)(jnp.asarray(rng.random((3, 144)) < 0.6, dtype))
+  U = images.reshape(3, -1)
+  mv = jax.vmap(lambda A, u: A.mv(u))(masks, U)
+  per_image = jax.vmap(lambda A, v: conejax.restore(cones, v, A, **options))(masks, mv)
+  loop = np.stack([conejax.restore(cones, mv[i], operators.mask(masks.weights[i]), **options)
+                   for i in range(3)])
+  np.testing.assert_allclose(per_image, loop, atol=TOL[dtype])
+
+
+def _psnr(u, truth):
+  return 10 * np.log10(1 / np.mean((np.clip(np.asarray(u), 0, 1) - truth) ** 2))
+
+
+@pytest.fixture(scope="module")
+def camera():
+  from skimage import data, transform
+  train = [transform.resize(data.astronaut()[..., 1] / 255.0, (96, 96)),
+           transform.resize(data.coins() / 255.0, (96, 96))]
+  pc = conejax.fit_patch_cones(train, 6, key=jax.random.key(0), rank=16, n_train=4000)
+  truth = transform.resize(data.camera() / 255.0, (64, 64)).astype(np.float32)
+  return pc, truth
+
+
+def test_restore_improves_psnr_on_a_real_image(camera):
+  pc, truth = camera
+  rng = np.random.default_rng(0)
+  noisy = (truth + 0.1 * rng.standard_normal(truth.shape)).astype(np.float32)
+  denoised = conejax.restore(pc, noisy.reshape(-1), image_shape=(64, 64), sigma=0.1, n_iter=1,
+                             stride=1)
+  assert _psnr(denoised, truth) > _psnr(noisy, truth) + 4
+  M = (rng.random(truth.size) < 0.5).astype(np.float32)
+  A = operators.mask(M)
+  v = A.mv(truth.reshape(-1))
+  filled = conejax.restore(pc, v, A, image_shape=(64, 64), sigma=0.0, n_iter=8,
+                           sigma_start=0.2)
+  mean_filled = np.where(M == 1, v, v.sum() / M.sum()).reshape(64, 64)
+  assert _psnr(filled, truth) > _psnr(mean_filled, truth) + 6
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda pc: conejax.restore(pc, np.zeros(10), image_shape=(4, 4), sigma=0.1),
+     r"v must have shape \(16,\)"),
+    (lambda pc: conejax.restore(pc, np.zeros(16), operators.identity(9), image_shape=(4, 4),
+                                sigma=0.1), "image_shape"),
+    (lambda pc: conejax.restore(pc, np.zeros(16), image_shape=(4, 4), sigma=-1.0), "sigma"),
+    (lambda pc: conejax.restore(pc, np.zeros(16), image_shape=(4, 4), sigma=0.1,
+                                output="last"), "output"),
+    (lambda pc: conejax.restore(pc, np.zeros(4), image_shape=(2, 2), sigma=0.1),
+     "larger than the image"),
+    (lambda pc: conejax.restore(pc.cones, np.zeros(16), image_shape=(4, 4), sigma=0.1),
+     "PatchCones"),
+    (lambda pc: conejax.fit_patch_cones([np.zeros((8, 8))], 4, key=jax.random.key(0),
+                                        rank=17), "rank 17"),
+    (lambda pc: conejax.fit_patch_cones([-np.ones((8, 8))], 4, key=jax.random.key(0),
+                                        rank=2, signed=False), "negative"),
+    (lambda pc: conejax.fit_patch_cones([np.zeros((2, 8, 8))], 4, key=jax.random.key(0), rank=2),
+     "grayscale"),
+])
+def test_errors_name_the_argument(cones, call, match):
+  with pytest.raises(ValueError, match=match):
+    call(cones)
