@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, solvers
+from conejax import _checks, _scale, solvers
 from conejax.solvers import NNLSResult, QuadraticProblem
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -41,18 +41,25 @@ def solve_gram(G, C, mu, H0=None, *, solver, batch_size: int = 2048,
                differentiation: str = "implicit", penalty: str = "absolute") -> NNLSResult:
   """The traced core: C (n, d) on one Gram matrix G (d, d) by ``solver`` (an object).
 
-  With ``penalty="relative"`` the problem of each sample is solved at unit scale,
-  h*(c; mu s) = s h*(c / s; mu) with s = max_j c_j, which is exact (the problem is
-  homogeneous) and keeps one scalar mu for the batch.
+  Every sample is solved at unit scale (``_scale``): with G = 4^k G' and q = c - mu =
+  2^j q' (powers of two near max diag G and max |q|, so the scaling is exact),
+  h*(G, c; mu) = 2^j 4^-k h*(G', q'; 0), so float32 problems of any scale neither under-
+  nor overflow inside the solver, and a sample's answer does not depend on its batch. With
+  ``penalty="relative"`` mu is first multiplied by each sample's max_j c_j (above which
+  h* = 0), which keeps one scalar mu for data of any scale.
   """
   H0 = jnp.zeros_like(C) if H0 is None else H0
+  mu = jnp.asarray(mu, C.dtype)
   if penalty == "relative":
-    s = relative_scale(C)[:, None]
-    out = solvers.solve(solver, QuadraticProblem(G, C / s, mu), H0 / s, batch_size=batch_size,
-                        differentiation=differentiation)
-    return out._replace(h=out.h * s)
-  return solvers.solve(solver, QuadraticProblem(G, C, mu), H0, batch_size=batch_size,
-                       differentiation=differentiation)
+    mu = mu * relative_scale(C)[:, None]
+  Q = C - mu                                                    # the penalty, folded in
+  eg = 2 * (_scale.exponent_of(jnp.diag(G), None) // 2)        # even: sqrt(4^k) is exact
+  eq = _scale.exponent_of(Q, -1)[:, None]
+  out = solvers.solve(solver, QuadraticProblem(jnp.ldexp(G, -eg), jnp.ldexp(Q, -eq),
+                                               jnp.zeros((), C.dtype)),
+                      jnp.ldexp(H0, eg - eq), batch_size=batch_size,
+                      differentiation=differentiation)
+  return out._replace(h=jnp.ldexp(out.h, eq - eg))
 
 
 _STATIC = ("solver", "batch_size", "differentiation", "penalty")
@@ -69,16 +76,40 @@ def _nnls_gram_jit(G, C, mu, H0, *, solver, batch_size, differentiation, penalty
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def solve_dictionary(W, V, mu, H0, *, solver, batch_size, differentiation, penalty):
-  options = dict(solver=solver, batch_size=batch_size, differentiation=differentiation,
-                 penalty=penalty)
+  """Codes of V (..., m) on W (m, d), or on each of K stacked dictionaries (K, m, d).
+
+  Each sample is divided by a power of two 2^a near its largest entry and each dictionary
+  by one, 2^b, near its own, before W^T W and V W are formed (so they cannot under- or
+  overflow); h = 2^(a - b) g where g solves the problem of v 2^-a on W 2^-b with the
+  penalty mu 2^-(a + b), folded into the right-hand side so that it can differ per sample.
+  """
+  options = dict(solver=solver, batch_size=batch_size, differentiation=differentiation)
+  m, d = W.shape[-2:]
+  W3 = W if W.ndim == 3 else W[None]
+  batch = V.shape[:-1]
+  X = V.reshape(-1, m)
+  H0 = (H0 if W.ndim == 3 else H0[..., None, :]).reshape(X.shape[0], W3.shape[0], d)
+  ea, eb = _scale.exponent_of(X, -1), _scale.exponent_of(W3, (1, 2))
+  X = jnp.ldexp(X, -ea[:, None])
+
+  def one(args):
+    W_k, eb_k, H0_k = args
+    W_k = jnp.ldexp(W_k, -eb_k)
+    G = jnp.dot(W_k.T, W_k, precision=_HIGHEST)
+    C = jnp.dot(X, W_k, precision=_HIGHEST)
+    shift = (ea - eb_k)[:, None]
+    if penalty == "relative":
+      out = solve_gram(G, C, mu, jnp.ldexp(H0_k, -shift), penalty="relative", **options)
+    else:
+      C = C - jnp.ldexp(mu, -(ea + eb_k))[:, None]
+      out = solve_gram(G, C, jnp.zeros_like(mu), jnp.ldexp(H0_k, -shift), **options)
+    return out._replace(h=jnp.ldexp(out.h, shift))
+
+  out = lax.map(one, (W3, eb, jnp.moveaxis(H0, 1, 0)))           # leaves (K, n, ...)
   if W.ndim == 2:
-    G = jnp.dot(W.T, W, precision=_HIGHEST)
-    return _nnls_gram_jit(G, jnp.dot(V, W, precision=_HIGHEST), mu, H0, **options)
-  G = jnp.einsum("kmd,kme->kde", W, W, precision=_HIGHEST)
-  C = jnp.einsum("...m,kmd->k...d", V, W, precision=_HIGHEST)
-  out = lax.map(lambda a: _nnls_gram_jit(a[0], a[1], mu, a[2], **options),
-                (G, C, jnp.moveaxis(H0, -2, 0)))
-  return NNLSResult(*(jnp.moveaxis(x, 0, x.ndim - 1 if i else -2) for i, x in enumerate(out)))
+    return NNLSResult(*(x[0].reshape(batch + x.shape[2:]) for x in out))
+  return NNLSResult(*(jnp.moveaxis(x, 0, 1).reshape(batch + (W3.shape[0],) + x.shape[2:])
+                      for x in out))
 
 
 def warm_start(h0, shape, dtype):
@@ -129,6 +160,23 @@ def report(result: NNLSResult, where: str, mu=None, C_fn=None, stacklevel: int =
                 "(penalty='relative').", UserWarning, stacklevel=stacklevel + 1)
 
 
+def check_gram(G):
+  """Outside jit: G must be symmetric positive semi-definite (to rounding), as W^T W is."""
+  if not _checks.is_concrete(G) or G.size == 0:
+    return
+  G64 = np.asarray(G, np.float64)
+  scale = max(float(np.max(np.abs(G64))), np.finfo(np.float64).tiny)
+  tol = 100 * np.finfo(np.asarray(G).dtype).eps * G.shape[0] * scale
+  asymmetry = float(np.max(np.abs(G64 - G64.T)))
+  if asymmetry > tol:
+    raise ValueError(f"G must be symmetric (a Gram matrix W^T W); max |G - G^T| is "
+                     f"{asymmetry:.3g}. Pass W^T W, or (G + G.T) / 2.")
+  smallest = float(np.linalg.eigvalsh(G64)[0])
+  if smallest < -tol:
+    raise ValueError(f"G must be positive semi-definite (a Gram matrix W^T W); its smallest "
+                     f"eigenvalue is {smallest:.3g}. Pass W^T W for a dictionary W.")
+
+
 def nnls_gram(G, C, mu=0.0, *, solver="auto", max_iter: int | None = None,
               tol: float | None = None, h0=None, batch_size: int = 2048,
               differentiation: str = "implicit", penalty: str = "absolute") -> NNLSResult:
@@ -167,6 +215,9 @@ def nnls_gram(G, C, mu=0.0, *, solver="auto", max_iter: int | None = None,
   G = _checks.as_float_array(G, "G")
   C = _checks.as_float_array(C, "C")
   _checks.check_ndim(G, "G", (2,), "(d, d)")
+  if G.shape[-1] == 0:
+    raise ValueError(f"G must have at least one atom (d >= 1); got shape "
+                     f"{tuple(G.shape)}.")
   if G.shape[0] != G.shape[1] or C.ndim < 1 or C.shape[-1] != G.shape[0]:
     raise ValueError(f"G must be (d, d) and C (..., d) with the same d; got G {tuple(G.shape)} "
                      f"and C {tuple(C.shape)}.")
@@ -177,6 +228,7 @@ def nnls_gram(G, C, mu=0.0, *, solver="auto", max_iter: int | None = None,
                                      n_atoms=G.shape[0])
   _checks.check_finite(G, "G")
   _checks.check_finite(C, "C")
+  check_gram(G)
   H0 = warm_start(h0, C.shape, dtype)
   out = _nnls_gram_jit(G.astype(dtype), C.astype(dtype), mu, H0, solver=solver,
                        batch_size=batch_size, differentiation=differentiation, penalty=penalty)
@@ -218,6 +270,9 @@ def nnls(W, V, mu=0.0, *, solver="auto", max_iter: int | None = None,
   W = _checks.as_float_array(W, "W")
   V = _checks.as_float_array(V, "V")
   _checks.check_ndim(W, "W", (2, 3), "(m, d) or (K, m, d)")
+  if W.shape[-1] == 0:
+    raise ValueError(f"W must have at least one atom (a column: d >= 1); got shape "
+                     f"{tuple(W.shape)}.")
   if V.ndim < 1 or V.shape[-1] != W.shape[-2]:
     raise ValueError(f"V must have shape (..., m) with m = W.shape[-2] = {W.shape[-2]}; got "
                      f"{tuple(V.shape)}. Samples are rows.")

@@ -71,6 +71,9 @@ def nnls_l1(B, V, mu=0.0, *, solver="auto", max_iter: int | None = None,
   B = _checks.as_float_array(B, "B")
   V = _checks.as_float_array(V, "V")
   _checks.check_ndim(B, "B", (2,), "(k, d)")
+  if B.shape[-1] == 0:
+    raise ValueError(f"B must have at least one atom (a column: d >= 1); got shape "
+                     f"{tuple(B.shape)}.")
   if V.ndim < 1 or V.shape[-1] != B.shape[0]:
     raise ValueError(f"V must have shape (..., k) with k = B.shape[0] = {B.shape[0]}; got "
                      f"{tuple(V.shape)}. Samples are rows.")

@@ -10,7 +10,9 @@ Solves h*(v) = argmin_{h >= 0} 0.5 ||W h - v||^2 (mu = 0) for every sample v of:
      of the ten products V W_k alone ("x products") and with the accuracy of the argmin;
   c. fewer digits on the 640-atom union of those ten cones;
   d. random problems (m = 150, d = 40, mixed signs) with cond(W^T W) = 1e2 .. 1e8, in
-     float32 and float64, every conejax solver at its defaults.
+     float32 and float64, every conejax solver at its defaults;
+  e. the crossover in atoms: the digits of (c) on the unions of the first 1, 2, 4, 6, 8
+     cones (64 .. 512 atoms; 640 is (c)), where "auto" switches from ActiveSet to ADMM.
 scipy.optimize.nnls (float64) is the exact reference: the gap of a method is
 (f(h) - f(h_scipy)) / max(f(h_scipy), 1e-12 0.5 ||v||^2) per sample and per dictionary, with
 f(h) = 0.5 ||W h - v||^2 in float64 from float64 copies of W and v. Peers: a scipy loop,
@@ -64,6 +66,7 @@ SIZES = {
     "quick": dict(n_test=500, n_nmf=2000, n_cones=2000, n_gap=100, n_union=20, n_random=50,
                   conds=(1e2, 1e8)),
 }
+CROSSOVER_CONES = (1, 2, 4, 6, 8)
 SOLVERS = {"ActiveSet": solvers.ActiveSet(), "APG": solvers.APG(), "ADMM": solvers.ADMM()}
 TARGET_GAP = {"float32": 1e-5, "float64": 1e-10}  # exactness targets of default solvers
 PEER_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -268,7 +271,10 @@ def case_cones(ctx):
                  accuracy=float(np.mean(classes[f_ref.argmin(1)] == labels[:len(sub)])))]
   for name, options, target in (
       ("default (auto: exact)", {}, TARGET_GAP[str(W.dtype)]),
-      ("APG(max_iter=100, tol=1e-3)", dict(solver=solvers.APG(max_iter=100, tol=1e-3)), None)):
+      ("APG(max_iter=100, tol=1e-3)", dict(solver=solvers.APG(max_iter=100, tol=1e-3)), None),
+      # The floor of the exact route: the active set's warm start alone (30 APG steps).
+      ("APG, 30 steps (the active set's warm start)",
+       dict(solver=solvers.APG(max_iter=solvers.ActiveSet().warm_start, tol=1e-30)), None)):
     D, t = warm_timed(functools.partial(conejax.distance, cones, Vj, **options), BUDGET_S)
     out = jax.tree.map(lambda a: a[:len(sub)], conejax.nnls(cones.W, Vj, **options))
     notes = [t.pop("notes", None), f"gaps, iterations, converged over the first {len(sub)} "
@@ -289,6 +295,14 @@ def case_union(ctx):
   V = ctx.x_test[:ctx.sizes["n_union"]]
   peers = run_peers(ctx, [("scipy", W, V), ("sklearn", W, V)])
   return compare(f"c MNIST, union of the cones 784x{W.shape[1]}", W, V, peers)
+
+
+def case_crossover(ctx, k):
+  """(e) The digits of (c) on the union of the first k cones: seconds and gaps against d."""
+  W = np.asarray(ctx.cones.W[:k]).transpose(1, 0, 2).reshape(ctx.cones.W.shape[1], -1)
+  V = ctx.x_test[:ctx.sizes["n_union"]]
+  peers = run_peers(ctx, [("scipy", W, V)])
+  return compare(f"e crossover, union of {k} cones 784x{W.shape[1]}", W, V, peers)
 
 
 def random_problem(cond, n, dtype, m=150, d=40, seed=0):
@@ -404,6 +418,7 @@ def main():
                               sizes=sizes, meta=meta, cones=None)
   cases = [("a dictionary", case_dictionary), ("b cones", case_cones), ("c union", case_union)]
   cases += [(f"d cond {c:.0e}", functools.partial(case_random, cond=c)) for c in sizes["conds"]]
+  cases += [(f"e {k} cones", functools.partial(case_crossover, k=k)) for k in CROSSOVER_CONES]
   rows = []
   for name, case in (bar := tqdm(cases, desc="bench_nnls", unit="case")):
     bar.set_postfix_str(name)

@@ -31,7 +31,7 @@ def kernels(libs):
 def bench_nnls(results):
   """Two tables from results/bench_nnls.json: MNIST problems, then max gaps by conditioning."""
   meta, records = results["meta"], results["records"]
-  mnist = [r for r in records if not r["problem"].startswith("d ")]
+  mnist = [r for r in records if r["problem"][:2] in ("a ", "b ", "c ")]
   lines = [f"NNLS with mu = 0 (`python experiments/bench_nnls.py`, {meta['date']}, "
            f"{meta['cpus']} CPUs{', quick sizes' if meta['quick'] else ''}); gap = relative "
            f"objective gap to scipy.optimize.nnls. scipy and scikit-learn ran with "
@@ -56,7 +56,29 @@ def bench_nnls(results):
     for method, dtype in keys:
       gaps = " | ".join(fmt(cell.get((method, dtype, c)), ".0e") for c in conds)
       lines.append(f"| {method} | {dtype} | {gaps} |")
+  lines += crossover(records)
   return "\n".join(lines)
+
+
+def crossover(records):
+  """Seconds of each conejax solver against the number of atoms (problems e, then c)."""
+  rows = [r for r in records if r["problem"][:2] in ("e ", "c ")
+          and r["method"].startswith("conejax")]
+  if not rows:
+    return []
+  atoms = sorted({r["d"] for r in rows})
+  cell = {(r["method"], r["d"]): r for r in rows}
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  lines = ["", f"Seconds (max gap) on {rows[0]['n']} digits against the number of atoms (unions "
+           "of the first k class cones; `auto` takes ActiveSet up to 128 atoms, ADMM above):",
+           "", "| method | " + " | ".join(str(d) for d in atoms) + " |",
+           "|---|" + "---|" * len(atoms)]
+  for method in methods:
+    cells = [cell.get((method, d)) for d in atoms]
+    lines.append(f"| {method} | " + " | ".join(
+        "" if r is None else f"{r['seconds']:.3f} ({fmt(r['max_gap'], '.0e')})" for r in cells)
+        + " |")
+  return lines
 
 
 BLOCKS = {"bench_nnls": ("bench_nnls.json", bench_nnls)}  # name -> (JSON file, JSON -> md)

@@ -168,3 +168,64 @@ def test_degenerate_inputs_give_no_nan():
   h = np.asarray(conejax.nnls(W, V, 0.1).h)
   assert np.all(np.isfinite(h))
   np.testing.assert_allclose(h, [[0, 0, 0], [(6 - 0.1) / 6, 0, 0], [0, 0, 0]], atol=1e-9)
+
+
+SCALES = [1e-20, 1e-12, 1.0, 1e12, 1e20]
+# (atom scale, data scale) pairs whose codes, scaled by data / atoms, stay in float32's range
+SCALE_PAIRS = [(a, b) for a in SCALES for b in SCALES if 1e-30 < b / a < 1e30]
+
+
+@pytest.mark.parametrize("atom_scale, data_scale", SCALE_PAIRS)
+def test_codes_are_equivariant_to_the_scale_of_data_and_atoms(data_scale, atom_scale):
+  """h*(a W, b V; a b mu) = (b / a) h*(W, V; mu) in float32 across the float range.
+
+  The scales are not powers of two, so a W differs from W by rounding (the tolerance). The
+  penalty is 0 where a b mu would leave the float32 range.
+  """
+  W, V = random_problem(21, m=20, d=5, n=6, dtype=np.float32)
+  W, V = np.abs(W), np.abs(V)
+  mu = 0.05 if 1e-30 < atom_scale * data_scale < 1e30 else 0.0
+  expected = np.asarray(conejax.nnls(W, V, mu).h, np.float64) * data_scale / atom_scale
+  out = conejax.nnls(W * np.float32(atom_scale), V * np.float32(data_scale),
+                     mu * atom_scale * data_scale)
+  assert np.all(np.asarray(out.converged))
+  np.testing.assert_allclose(out.h, expected, rtol=1e-5, atol=1e-5 * np.max(expected))
+  if not (1e-30 < atom_scale**2 < 1e30 and 1e-30 < atom_scale * data_scale < 1e30):
+    return  # G = W^T W or C = V W itself leaves float32's range: only W and V can be given
+  G, C = W.T @ W, V @ W
+  gram = conejax.nnls_gram(G * np.float32(atom_scale**2), C * np.float32(atom_scale * data_scale),
+                           mu * atom_scale * data_scale)
+  np.testing.assert_allclose(gram.h, expected, rtol=1e-5, atol=1e-5 * np.max(expected))
+
+
+def test_stacked_dictionaries_of_different_scales():
+  W, V = random_problem(22, m=20, d=5, n=6, dtype=np.float32)
+  W3 = np.stack([W * np.float32(1e-18), W, W * np.float32(1e18)])
+  h = np.asarray(conejax.nnls(W3, V).h, np.float64)                 # (n, 3, d)
+  alone = np.asarray(conejax.nnls(W, V).h, np.float64)
+  for k, scale in enumerate([1e-18, 1.0, 1e18]):
+    np.testing.assert_allclose(h[:, k] * scale, alone, rtol=1e-5, atol=1e-5 * alone.max())
+
+
+@pytest.mark.parametrize("solver", ["active_set", "apg", "admm"])
+def test_a_nan_sample_gets_nan_codes_under_jit_and_leaves_the_others(solver):
+  W, V = random_problem(23, m=20, d=5, n=6)
+  bad = V.copy()
+  bad[2, 4] = np.nan
+  out = jax.jit(lambda W, V: conejax.nnls(W, V, solver=solver))(W, bad)
+  assert np.all(np.isnan(out.h[2])) and np.isnan(out.residual[2]) and not out.converged[2]
+  good = np.array([0, 1, 3, 4, 5])
+  np.testing.assert_allclose(out.h[good], conejax.nnls(W, V[good], solver=solver).h,
+                             rtol=1e-12, atol=1e-12)
+  assert np.all(np.asarray(out.converged[good]))
+  nan_atoms = jax.jit(conejax.nnls)(np.where(np.arange(5) == 1, np.nan, W), V)
+  assert np.all(np.isnan(nan_atoms.h))
+
+
+@pytest.mark.parametrize("G, message", [
+    (-np.eye(3), "G must be positive semi-definite"),
+    (np.array([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]]), "G must be symmetric"),
+])
+def test_gram_must_be_symmetric_positive_semidefinite(G, message):
+  with pytest.raises(ValueError, match=message):
+    conejax.nnls_gram(G, np.ones((2, 3)))

@@ -224,3 +224,19 @@ def test_solvers_are_hashable_static_settings():
   assert solvers.resolve("auto") == solvers.ActiveSet()
   assert solvers.resolve("auto", differentiation="unroll") == solvers.APG()
   assert solvers.resolve("auto", loss="l1") == solvers.PDHG()
+
+
+@pytest.mark.parametrize("solver", [solvers.APG(), solvers.ADMM()], ids=lambda s: type(s).__name__)
+def test_compaction_of_slow_samples_changes_no_code(solver):
+  """The driver moves the last running quarter of a block into a smaller block; each
+  sample's iterations, and so its code, are those of the uncompacted loop."""
+  uncompacted = type("Uncompacted", (type(solver),), {"compacts": False})()
+  W, V = ill_conditioned(8, 1e4, n=600)  # iteration counts spread over samples: a tail
+  G, C = jnp.asarray(W.T @ W), jnp.asarray(V @ W)
+  out = solvers.solve(solver, solvers.QuadraticProblem(G, C, jnp.asarray(0.0)))
+  ref = solvers.solve(uncompacted, solvers.QuadraticProblem(G, C, jnp.asarray(0.0)))
+  n_iter = np.asarray(out.n_iter)
+  assert np.mean(n_iter > np.quantile(n_iter, 0.75)) > 0  # some samples do run longer
+  np.testing.assert_array_equal(n_iter, ref.n_iter)
+  np.testing.assert_allclose(out.h, ref.h, rtol=1e-10, atol=1e-12)
+  np.testing.assert_array_equal(out.converged, ref.converged)

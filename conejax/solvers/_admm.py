@@ -59,6 +59,7 @@ class ADMM(_protocol.AbstractSolver):
   relaxation: float = 1.6
   check_every: int = 10
   supports_unroll = True
+  compacts = True
 
   def __post_init__(self):
     self.validate_settings("check_every")

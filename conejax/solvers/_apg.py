@@ -59,6 +59,7 @@ class APG(_protocol.AbstractSolver):
   tol: float | None = None
   supports_unroll = True
   matrix_free_ok = True
+  compacts = True
 
   def __post_init__(self):
     self.validate_settings()

@@ -14,6 +14,10 @@ solver:
 - "unroll": exactly ``solver.max_iter`` steps in a ``fori_loop``, reverse mode through
   each (the derivative of the truncated iteration); for solvers with ``supports_unroll``.
 
+Non-finite inputs propagate, also under ``jit``: a sample whose c (or v) holds a NaN or an
+infinity gets NaN codes and residual and ``converged=False``, and a non-finite G, B or mu
+makes every sample NaN.
+
 A path that cannot be differentiated (the L1 problem, matrix-free G under "implicit",
 ``ActiveSet`` under "unroll") raises a ``ValueError`` naming the alternative when ``grad``
 reaches it, not JAX's while_loop error.
@@ -35,16 +39,40 @@ from conejax.solvers._protocol import (L1Problem, NNLSResult, QuadraticProblem, 
 DIFFERENTIATIONS = ("implicit", "unroll")
 
 
+COMPACT_FRACTION = 4   # compact when at most 1/4 of a block's samples are still running
+COMPACT_MIN = 64       # ... into blocks of no fewer rows than this
+
+
 def _run_loop(solver, problem, aux, h0, tol):
-  """The while loop for one chunk: (h, n_iter, error) with converged samples frozen."""
-  n = problem.C.shape[0] if isinstance(problem, QuadraticProblem) else problem.V.shape[0]
+  """The while loop for one chunk: (h, n_iter, error) with converged samples frozen.
+
+  For solvers that allow it (``compacts``), once at most 1/COMPACT_FRACTION of the block's
+  samples still run, they are gathered into a block that much smaller and the loop goes on
+  there (recursively, down to COMPACT_MIN rows), so a few slow samples do not keep the
+  whole chunk stepping; each sample's iterations are unchanged.
+  """
+  quadratic = isinstance(problem, QuadraticProblem)
+  n = problem.C.shape[0] if quadratic else problem.V.shape[0]
   state = solver.init(problem, aux, h0)
   error = solver.residual(problem, aux, state)
+  carry = (jnp.zeros((), jnp.int32), state, error, jnp.zeros((n,), jnp.int32))
+  compacts = solver.compacts and not (quadratic and problem.matrix_free)
+  _, state, error, n_iter = _loop(solver, problem, aux, tol, carry, compacts)
+  return solver.solution(problem, aux, state), n_iter, error
+
+
+def _loop(solver, problem, aux, tol, carry, compacts):
+  """Runs ``carry`` = (it, state, error, n_iter) of one block to the end (see _run_loop)."""
   every, max_iter = solver.check_every, solver.max_iter
+  n = carry[2].shape[0]
+  small = n // COMPACT_FRACTION
+  compacts = compacts and small >= COMPACT_MIN
 
   def cond(carry):
     it, _, error, _ = carry
-    return (it < max_iter) & jnp.any(error > tol)
+    running = error > tol
+    go = (it < max_iter) & jnp.any(running)
+    return go & (jnp.sum(running) > small) if compacts else go
 
   def body(carry):
     it, state, error, n_iter = carry
@@ -58,9 +86,23 @@ def _run_loop(solver, problem, aux, h0, tol):
     return (it + k, tree_select(active, new, state), jnp.where(active, new_error, error),
             n_iter + jnp.where(active, k, 0).astype(jnp.int32))
 
-  carry = (jnp.zeros((), jnp.int32), state, error, jnp.zeros((n,), jnp.int32))
-  _, state, error, n_iter = lax.while_loop(cond, body, carry)
-  return solver.solution(problem, aux, state), n_iter, error
+  carry = lax.while_loop(cond, body, carry)
+  if not compacts:
+    return carry
+  it, state, error, n_iter = carry
+  # At most ``small`` samples still run: gather them (padding rows point past the end,
+  # read row 0 with error 0 so they never step, and are dropped on the way back).
+  rows, valid = _linalg.gather_indices(error > tol, small)
+  rows = jnp.where(valid, rows, n)
+  read = jnp.minimum(rows, n - 1)
+  take = lambda x: x[read]
+  sub_problem = (problem._replace(C=problem.C[read]) if isinstance(problem, QuadraticProblem)
+                 else problem._replace(V=problem.V[read]))
+  sub = (it, jax.tree.map(take, state), jnp.where(valid, error[read], 0), n_iter[read])
+  it, sub_state, sub_error, sub_iter = _loop(solver, sub_problem, aux, tol, sub, compacts)
+  put = lambda full, part: full.at[rows].set(part, mode="drop")
+  return (it, jax.tree.map(put, state, sub_state), put(error, sub_error),
+          put(n_iter, sub_iter))
 
 
 def _run_unrolled(solver, problem, aux, h0):
@@ -82,6 +124,9 @@ def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
   """Runs every chunk of C (or V) and h0 through the loop; G, B and mu are shared."""
   quadratic = isinstance(problem, QuadraticProblem)
   rows = problem.C if quadratic else problem.V
+  shared = [problem.mu] + ([] if quadratic and problem.matrix_free else
+                           [problem.G if quadratic else problem.B])
+  shared_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in shared]))
 
   def one(args):
     part, h0 = args
@@ -91,7 +136,11 @@ def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
     else:
       h, n_iter, error = _run_loop(solver, sub, aux, h0, tol)
     residual = _final_residual(solver, sub, aux, h) if quadratic else error
-    return h, n_iter, residual, error <= tol
+    # A sample with a non-finite input gets NaN codes, never a plausible number (its
+    # solve may otherwise stop at h = 0 with every test of a NaN false).
+    finite = jnp.all(jnp.isfinite(part), axis=-1) & shared_finite
+    h = jnp.where(finite[:, None], h, jnp.nan)
+    return h, n_iter, jnp.where(finite, residual, jnp.nan), (error <= tol) & finite
 
   if quadratic and problem.matrix_free:
     return one((rows, H0))  # per-sample operators: no chunking of the Gram map

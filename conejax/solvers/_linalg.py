@@ -41,6 +41,13 @@ def default_ridge(G: jax.Array) -> jax.Array:
                                                    jnp.finfo(G.dtype).tiny)
 
 
+def gather_indices(mask, size):
+  """The first ``size`` indices where the (n,) bool ``mask`` is true, ascending, and which
+  of them are real (the rest are padding): the compaction of the rows it marks."""
+  index, valid = _gather(mask[None], size)
+  return index[0], valid[0]
+
+
 def _gather(support, P):
   """The first P indices of each support row, ascending, and which of them are real.
 
@@ -152,12 +159,12 @@ def _solve_bucket(G, Q, support, ridge, x, todo, P, looped, block):
 
   def body(carry):
     x, todo = carry
-    rows, valid = _gather(todo[None], block)
+    rows, valid = gather_indices(todo, block)
     # Padding entries point past the end: dropped on write, so no duplicate row can
     # overwrite a fresh solution.
-    rows = jnp.where(valid[0], rows[0], n)
+    rows = jnp.where(valid, rows, n)
     read = jnp.minimum(rows, n - 1)
-    sub = support[read] & valid[0][:, None]
+    sub = support[read] & valid[:, None]
     solved = _gathered(G, Q[read], sub, ridge, P, looped)
     return x.at[rows].set(solved, mode="drop"), todo.at[rows].set(False, mode="drop")
 

@@ -128,12 +128,16 @@ class AbstractSolver:
     supports_implicit: whether ``differentiation="implicit"`` applies (the quadratic
       problem with a Gram matrix; the driver differentiates the KKT conditions).
     matrix_free_ok: whether G may be a function.
+    compacts: whether the driver may move the unconverged samples of a chunk into a
+      smaller block (every leaf of the state has the leading sample axis and ``aux`` is
+      shared by all samples), so a long tail of slow samples does not step the whole chunk.
   """
   problem_type: type = QuadraticProblem
   check_every: int = 1
   supports_unroll: bool = False
   supports_implicit: bool = True
   matrix_free_ok: bool = False
+  compacts: bool = False
   max_iter: int
   tol: float | None
 
