@@ -118,19 +118,11 @@ def _solve_per_sample(A, W, V, mu, loss, options, chunk):
 _NO_GRAD_L1 = ("reconstruct(loss='l1') is not differentiable (its primal-dual iterations run "
                "in a while_loop); differentiate loss='l2', or wrap the call in "
                "jax.lax.stop_gradient.")
-_NO_GRAD_PER_SAMPLE = ("reconstruct(per_sample_operator=True) is differentiable only with "
-                       "differentiation='unroll' (set max_iter too); the implicit route needs "
-                       "one operator shared by all samples.")
-
-
-def _guarded(fn, loss, per_sample, differentiation):
-  """``fn`` whose ``grad`` raises a clear ``TypeError`` on the routes that cannot
-  differentiate (the l1 loss; per-sample operators under the implicit route)."""
-  if loss == "l1":
-    return _checks.not_differentiable(fn, _NO_GRAD_L1)
-  if per_sample and differentiation != "unroll":
-    return _checks.not_differentiable(fn, _NO_GRAD_PER_SAMPLE)
-  return fn
+def _guarded(fn, loss):
+  """``fn`` whose ``grad`` raises a clear ``TypeError`` for the l1 loss, which cannot
+  differentiate. (Per-sample operators under the implicit route get the solver driver's
+  own ``ValueError`` naming differentiation='unroll'.)"""
+  return _checks.not_differentiable(fn, _NO_GRAD_L1) if loss == "l1" else fn
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "select", "per_sample", "options",
@@ -140,8 +132,7 @@ def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
   K, m, d = W.shape
   if select == "union":
     W = jnp.transpose(W, (1, 0, 2)).reshape(1, m, K * d)
-  guard = functools.partial(_guarded, loss=loss, per_sample=per_sample,
-                            differentiation=options.get("differentiation"))
+  guard = functools.partial(_guarded, loss=loss)
   if per_sample:
     solve = guard(lambda A, W_k, V, mu: _solve_per_sample(A, W_k, V, mu, loss, options, chunk))
     h, converged = zip(*[solve(A, W_k, V, mu) for W_k in W])
