@@ -28,8 +28,8 @@ Schedule: s_k is geometric from ``sigma_start`` down to ``sigma_end`` (default
 max(sigma, sigma_min)) over n_iter steps, as in DPIR (Zhang et al. 2021): early steps
 with a strong prior and a weak data weight fill in what A loses, later ones settle at the
 noise level. The first iterate u_0 solves the data step with a tiny weight around the
-constant image of v's mean intensity (for a mask: observed pixels kept, the rest at the
-mean). The result is the last prior step z_n (``output="prior"``) or the data step after
+normalised convolution G (A^T v) / G (A^T A 1), G a Gaussian of std 2 pixels (for a mask:
+observed pixels kept, the rest smoothly interpolated; for pooling a smooth upsampling). The result is the last prior step z_n (``output="prior"``) or the data step after
 it (``output="data"``; with sigma = 0, alpha_k = 0 and it keeps the observed pixels of a
 mask exactly, filling the others from the prior).
 """
@@ -46,7 +46,7 @@ from jax import lax
 from conejax import _checks, _nnls
 from conejax import patches as _patches
 from conejax._patch_cones import PatchCones, project_patches
-from conejax.operators import LinearOperator
+from conejax.operators import LinearOperator, blur
 from conejax.operators._image import Mask
 
 SIGMA_MIN = 0.005  # the lowest prior level of the default schedule (noiseless problems)
@@ -118,6 +118,20 @@ def _restore(pc, V, A, levels, alphas, tau, init, *, geometry, cg_iter, output, 
   return Z if output == "prior" else U
 
 
+def _normalised_convolution(A, V, image_shape, std=2.0):
+  """The default start: G * (A^T v) / G * (A^T A 1), G a Gaussian of std 2 pixels (for a
+  mask, the observed pixels smoothly interpolated; for pooling, a smooth upsampling); the
+  mean intensity where the denominator vanishes."""
+  t = np.arange(-3, 4)
+  g = np.exp(-0.5 * (t / std) ** 2)
+  G = blur(np.outer(g, g) / np.sum(g) ** 2, image_shape, boundary="reflect")
+  weight = G.mv(A.T.mv(A.mv(jnp.ones(A.in_size, V.dtype))))
+  numerator = jax.vmap(lambda v: G.mv(A.T.mv(v)))(V)
+  mean = jnp.sum(numerator, axis=1, keepdims=True) / jnp.maximum(jnp.sum(weight), 1e-30)
+  ok = weight > 1e-3 * jnp.max(weight)
+  return jnp.where(ok[None], numerator / jnp.where(ok, weight, 1)[None], mean)
+
+
 def _check_count(value, name):
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
     raise ValueError(f"{name} must be an integer >= 0; got {value!r}.")
@@ -159,8 +173,8 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     cg_iter: conjugate-gradient steps per data step (ignored for masks).
     weights: "sparsity" (1 / (1 + nnz) per patch) or "uniform" overlap averaging.
     output: "prior" (the last prior step) or "data" (the data step after it).
-    init: (H W,) or (N, H W) starting point of the first data step; default the constant
-      image at v's mean intensity.
+    init: (H W,) or (N, H W) starting point of the first data step; default the
+      normalised convolution G (A^T v) / G (A^T A 1) with a Gaussian G of std 2 pixels.
     reweight: reweighted-L1 passes of the patch codes (0: plain L1; see
       ``conejax._patch_cones.project_patches``).
     solver: NNLS solver of the patch codes, as in ``conejax.nnls``.
@@ -216,9 +230,7 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   levels = jnp.exp((1 - t) * jnp.log(start.astype(V.dtype)) + t * jnp.log(end.astype(V.dtype)))
   alphas = lam * sigma**2 / levels**2
   if init is None:
-    ones = A.mv(jnp.ones(m, V.dtype))
-    level = jnp.sum(V, axis=1) / jnp.where(jnp.sum(ones) != 0, jnp.sum(ones), 1)
-    init = jnp.broadcast_to(level[:, None], (V.shape[0], m))
+    init = _normalised_convolution(A, V, (H, W))
   else:
     init = _checks.as_float_array(init, "init").astype(V.dtype)
     init = jnp.broadcast_to(init.reshape(-1, m), (V.shape[0], m))

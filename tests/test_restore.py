@@ -39,7 +39,7 @@ def cones():
 @pytest.fixture(scope="module")
 def mixture():
   return conejax.fit_patch_cones(_smooth_images(1, 6, 24), 4, key=jax.random.key(1), rank=6,
-                                 n_cones=2, max_iter=30, n_train=2000)
+                                 n_cones=2, max_iter=20, n_train=1000, kcones_iter=2)
 
 
 def _lasso_fit(W, r, mu):
@@ -167,7 +167,7 @@ def test_batch_vmap_and_jit_equal_the_loop(cones, dtype):
   blur = operators.blur(np.ones((3, 3)) / 9, (12, 12))
   V = np.stack([blur.mv(u.reshape(-1)) for u in images]) + 0.01 * rng.standard_normal((3, 144))
   V = V.astype(dtype)
-  options = dict(image_shape=(12, 12), sigma=0.01, n_iter=3, cg_iter=5)
+  options = dict(image_shape=(12, 12), sigma=0.01, n_iter=2, cg_iter=3)
   batch = conejax.restore(cones, V, blur, **options)
   assert batch.shape == (3, 12, 12) and batch.dtype == dtype
   looped = np.stack([conejax.restore(cones, v, blur, **options) for v in V])
