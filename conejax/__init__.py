@@ -58,3 +58,14 @@ from conejax.solvers import ConvergenceWarning as ConvergenceWarning
 from conejax.solvers import NNLSResult as NNLSResult
 
 __version__ = "0.1.0"
+
+_SKLEARN = ("ConeClassifier", "ConeNMF")  # conejax.sklearn, imported on first use
+
+
+def __getattr__(name):
+  """``conejax.ConeClassifier`` and ``conejax.ConeNMF`` without importing scikit-learn
+  (an optional dependency: ``pip install conejax[sklearn]``) until they are used."""
+  if name in _SKLEARN:
+    from conejax import sklearn
+    return getattr(sklearn, name)
+  raise AttributeError(f"module 'conejax' has no attribute {name!r}")

@@ -119,7 +119,8 @@ def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: st
     method, init, max_iter, tol, class_batch_size: as in ``nmf_per_class``.
 
   Returns:
-    ``Cones`` with W (K, m, rank) and the training settings recorded.
+    ``Cones`` with W (K, m, rank) and the training settings recorded (``n_iter``: the
+    iterations each class's NMF ran).
   """
   _checks.require_concrete("fit_cones", "Fit the cones outside jit; then codes, distance and "
                            "log_likelihood work under jit.", X=X, y=y)
@@ -129,7 +130,8 @@ def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: st
   norm = jnp.linalg.norm(fit.W, axis=1, keepdims=True)
   W = fit.W / jnp.where(norm > 0, norm, 1)
   settings = dict(rank=int(rank), mu_w=float(mu_w), mu_h=float(mu_h), method=method, init=init,
-                  max_iter=max_iter, tol=float(tol), n_train=int(np.shape(X)[0]))
+                  max_iter=max_iter, tol=float(tol), n_train=int(np.shape(X)[0]),
+                  n_iter=tuple(int(i) for i in np.asarray(fit.n_iter).reshape(-1)))
   return make_cones(W, mu_h, fit.classes, settings)
 
 
