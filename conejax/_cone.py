@@ -150,45 +150,6 @@ def _safe_norm(x, axis=-1):
   return _scale.norm(x, axis)
 
 
-_STATIC = ("solver", "batch_size", "differentiation", "penalty")
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _solve_scaled(W, X, mu, *, solver, batch_size, differentiation, penalty):
-  """The codes of X (n, m) on every cone of W (K, m, d), at unit scale: ``NNLSResult``.
-
-  Each sample is divided by a power of two a near its largest entry and each cone by one,
-  b, near its own; h = (a / b) g where g solves the problem of x / a on W / b with the
-  penalty mu / (a b). The problem is homogeneous, so this is exact, and the squares of
-  the solver stay in the float range for data and W of any scale. The absolute penalty is
-  folded into the right-hand side (c - mu, an identity of the problem) so that it can
-  differ per sample. A sample or cone with NaN or Inf gets NaN codes.
-  """
-  ea, eb = _scale.exponent_of(X, -1), _scale.exponent_of(W, (1, 2))
-  finite_x = jnp.all(jnp.isfinite(X), -1)
-  finite_w = jnp.all(jnp.isfinite(W), (1, 2))
-  X_unit = jnp.where(finite_x[:, None], jnp.ldexp(X, -ea[:, None]), 0)
-  W_unit = jnp.where(finite_w[:, None, None], jnp.ldexp(W, -eb[:, None, None]), 0)
-
-  def one_cone(args):
-    W_k, eb_k, finite_k = args
-    G = jnp.dot(W_k.T, W_k, precision=_HIGHEST)
-    C = jnp.dot(X_unit, W_k, precision=_HIGHEST)
-    if penalty == "absolute":
-      C, mu_k = C - jnp.ldexp(mu, -(ea + eb_k))[:, None], jnp.zeros_like(mu)
-    else:
-      mu_k = mu
-    out = _nnls.solve_gram(G, C, mu_k, solver=solver, batch_size=batch_size,
-                           differentiation=differentiation, penalty=penalty)
-    ok = finite_x & finite_k
-    nan = jnp.asarray(jnp.nan, X.dtype)
-    return (jnp.where(ok[:, None], jnp.ldexp(out.h, (ea - eb_k)[:, None]), nan), out.n_iter,
-            jnp.where(ok, out.residual, nan), out.converged & ok)
-
-  h, n_iter, residual, converged = lax.map(one_cone, (W_unit, eb, finite_w))
-  return _nnls.NNLSResult(jnp.moveaxis(h, 0, 1), n_iter.T, residual.T, converged.T)
-
-
 def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
            differentiation="implicit", penalty="absolute", batch_size=2048):
   """The NNLS of every sample on every cone, scale-safe: X and (N.., K, d) results."""
@@ -203,8 +164,11 @@ def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
     empty = lambda dtype, *shape: jnp.zeros(batch + (K,) + shape, dtype)
     return X, _nnls.NNLSResult(empty(X.dtype, d), empty(jnp.int32), empty(X.dtype),
                                empty(bool))
-  out = _solve_scaled(cones.W, flat, cones.mu_h, solver=solver, batch_size=batch_size,
-                      differentiation=differentiation, penalty=penalty)
+  # Scale-safe (each sample and each cone solved at unit scale) and NaN-propagating.
+  out = _nnls.solve_dictionary(cones.W, flat, cones.mu_h, jnp.zeros((flat.shape[0], K, d),
+                                                                    flat.dtype),
+                               solver=solver, batch_size=batch_size,
+                               differentiation=differentiation, penalty=penalty)
   out = _nnls.NNLSResult(*(x.reshape(batch + x.shape[1:]) for x in out))
   _nnls.report(out, where, cones.mu_h if penalty == "absolute" else None, stacklevel=4)
   return X, out
