@@ -216,9 +216,10 @@ def test_nmf_fit_scale_equivariance(method, c):
   _check_reconstruction(nmf(U0 * np.float32(c), method), reference(method), c)
 
 
-@pytest.mark.xfail(strict=True, reason="NNLS engine: ANLS's active-set steps amplify the "
-                   "1-ulp difference between c U / max(c U) and U / max(U) to ~3e-5 relative "
-                   "in 10 iterations (mu and hals stay within 1e-5)")
+@pytest.mark.xfail(strict=True, reason="ANLS's exact alternating solves turn the one-ulp "
+                   "difference between c U / max(c U) and U / max(U) into ~3e-5 relative "
+                   "after 10 iterations (a non-convex iteration amplifies rounding); mu and "
+                   "hals stay within 1e-5")
 def test_anls_fit_scale_equivariance():
   for c in (1e-18, 1e-10, 1e10, 1e18):
     _check_reconstruction(nmf(U0 * np.float32(c), "anls"), reference("anls"), c)
