@@ -58,6 +58,10 @@ class StreamingNMFState(NamedTuple):
     n_chunks: () int32 chunks seen.
     chunk_objective: () 0.5 ||U_c - H_c W^T||^2 + mu_h |H_c|_1 of the last chunk, with its codes
       and the W they were computed on (before that chunk's update of W).
+    scale: () the stream's unit, max of the first chunk: every chunk is fitted as U_c /
+      scale (penalties to match, as ``conejax.nmf`` fits U / max(U)), so the fit is the
+      same for data of any scale; A, B and count are kept at that unit scale, and
+      ``chunk_objective`` is reported at the data's scale.
   """
   W: jax.Array
   A: jax.Array
@@ -66,6 +70,7 @@ class StreamingNMFState(NamedTuple):
   n_seen: jax.Array
   n_chunks: jax.Array
   chunk_objective: jax.Array
+  scale: jax.Array
 
 
 class StreamingNMFResult(NamedTuple):
@@ -106,7 +111,7 @@ def _partial_fit_jit(state, U, mu_w, mu_h, forget, n_samples, h_iter, w_iter):
   W_new, A, B = W_new / scale[None], A * scale[None], B * scale[:, None] * scale[None]
   chunk_objective = _nmf_steps.objective_from_stats(jnp.sum(U**2), W, H, A_c, B_c, 0, mu_h)
   return StreamingNMFState(W_new, A, B, count, state.n_seen + U.shape[0], state.n_chunks + 1,
-                           chunk_objective)
+                           chunk_objective * state.scale * state.scale, state.scale)
 
 
 def _check_chunk(chunk, m, dtype):
@@ -148,11 +153,12 @@ def nmf_minibatch_init(key: jax.Array, chunk, rank: int, *,
   if rank > min(n, m):
     raise ValueError(f"rank {rank} exceeds min(N_c, m) = {min(n, m)} for the first chunk of "
                      f"shape {(n, m)}; start with at least {rank} rows or lower the rank.")
+  scale, U, _, _, _ = _nmf.unit_scale(U, 0.0, 0.0)
   W = _init_jit(key, U, rank=rank, init=init)
   zero = jnp.zeros((), U.dtype)
   count = jnp.zeros((), jnp.int32)
   return StreamingNMFState(W, jnp.zeros_like(W), jnp.zeros((rank, rank), U.dtype), zero, count,
-                           count, zero)
+                           count, zero, scale.astype(U.dtype))
 
 
 def _check_options(mu_w, mu_h, forget, n_samples, h_iter, w_iter, dtype):
@@ -214,6 +220,8 @@ def nmf_partial_fit(state: StreamingNMFState, chunk, *, mu_w=0.0, mu_h=0.0, forg
   U = _check_chunk(chunk, state.W.shape[0], dtype)
   mu_w, mu_h, forget, n_samples, h_iter, w_iter = _check_options(
       mu_w, mu_h, forget, n_samples, h_iter, w_iter, dtype)
+  # At the stream's unit scale (eager divisions: no reassociation into an underflow).
+  U, mu_w, mu_h = U / state.scale, mu_w / state.scale / state.scale, mu_h / state.scale
   return _partial_fit_jit(state, U, mu_w, mu_h, forget, jnp.asarray(n_samples, dtype), h_iter,
                           w_iter)
 

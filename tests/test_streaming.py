@@ -49,8 +49,10 @@ def test_one_chunk_without_forgetting_is_one_batch_hals_step():
   new = nmf_partial_fit(state, U, mu_w=0.3, mu_h=0.2, forget=1.0, h_iter=400, w_iter=2)
   H = _exact_codes(W0, U, 0.2)
   A, B = U.T @ H, H.T @ H
-  np.testing.assert_allclose(new.A, A, rtol=1e-8)
-  np.testing.assert_allclose(new.B, B, rtol=1e-8)
+  unit = float(new.scale) ** 2   # the statistics are kept at the stream's unit, max(U)
+  assert float(new.scale) == np.max(U)
+  np.testing.assert_allclose(new.A * unit, A, rtol=1e-8)
+  np.testing.assert_allclose(new.B * unit, B, rtol=1e-8)
   np.testing.assert_allclose(new.W, _hals_reference(W0, A, B, 0.3, 2), rtol=1e-7, atol=1e-9)
   batch = conejax.nmf(U, 3, key=KEY, init=(W0, H), method="hals", max_iter=1, tol=0,
                       inner_iter=2, mu_w=0.3, mu_h=0.2)
@@ -68,9 +70,11 @@ def test_without_penalties_atoms_are_unit_and_the_statistics_rescaled():
   W = _hals_reference(state.W, U.T @ H, H.T @ H, 0.0, 3)
   norm = np.linalg.norm(W, axis=0)
   np.testing.assert_allclose(new.W, W / norm, rtol=1e-7, atol=1e-9)
-  # The statistics are those of the codes H S that go with the unit atoms W S^-1.
-  np.testing.assert_allclose(new.A, U.T @ (H * norm), rtol=1e-7)
-  np.testing.assert_allclose(new.B, (H * norm).T @ (H * norm), rtol=1e-7)
+  # The statistics are those of the codes H S that go with the unit atoms W S^-1, at the
+  # stream's unit scale.
+  unit = float(new.scale) ** 2
+  np.testing.assert_allclose(new.A * unit, U.T @ (H * norm), rtol=1e-7)
+  np.testing.assert_allclose(new.B * unit, (H * norm).T @ (H * norm), rtol=1e-7)
 
 
 def test_forgetting_discounts_the_old_statistics_and_scales_mu_w():
@@ -82,8 +86,9 @@ def test_forgetting_discounts_the_old_statistics_and_scales_mu_w():
   H1, H2 = _exact_codes(state.W, first, 0.1), _exact_codes(one.W, second, 0.1)
   A = 0.25 * first.T @ H1 + second.T @ H2
   B = 0.25 * H1.T @ H1 + H2.T @ H2
-  np.testing.assert_allclose(two.A, A, rtol=1e-7)
-  np.testing.assert_allclose(two.B, B, rtol=1e-7)
+  unit = float(two.scale) ** 2   # the statistics are kept at the stream's unit
+  np.testing.assert_allclose(two.A * unit, A, rtol=1e-7)
+  np.testing.assert_allclose(two.B * unit, B, rtol=1e-7)
   np.testing.assert_allclose(two.count, 125.0, rtol=1e-12)
   # |W|_1 weighs against 1000 rows, the statistics hold 125: mu_w * 125 / 1000.
   np.testing.assert_allclose(two.W, _hals_reference(one.W, A, B, 0.0625, 2), rtol=1e-6,
@@ -163,7 +168,8 @@ def test_chunks_are_cast_to_the_state_dtype():
 def test_the_init_is_the_batch_init_of_the_first_chunk():
   U = _factorisable(8, n=100) + 0.01
   state = nmf_minibatch_init(KEY, U, 3, init="random")
-  W, _ = jax.jit(_nmf_init.random_init, static_argnums=2)(KEY, U, 3, np.ones(100))
+  # At unit scale, U / max(U), as conejax.nmf starts too.
+  W, _ = jax.jit(_nmf_init.random_init, static_argnums=2)(KEY, U / U.max(), 3, np.ones(100))
   np.testing.assert_array_equal(state.W, W)
   assert not np.any(state.A) and not np.any(state.B) and float(state.count) == 0
 
@@ -205,3 +211,16 @@ def test_a_callable_returning_a_spent_iterator_is_reported():
   spent = iter([GOOD])
   with pytest.raises(ValueError, match="yielded no data in epoch 2"):
     nmf_minibatch(lambda: spent, 2, key=KEY, n_epochs=2, init="random", progress=False)
+
+
+@pytest.mark.parametrize("c", [1e-30, 1e-20, 3.0, 1e20, 1e30])
+def test_streaming_fit_is_equivariant_to_the_scale_of_the_data(c):
+  """The first chunk sets the stream's unit (its max), so c U streams to the same atoms."""
+  U = (_factorisable(9, n=200) + 0.01).astype(np.float32)
+  chunks = lambda c: [U[i:i + 50] * np.float32(c) for i in range(0, 200, 50)]
+  fit = lambda c, **kw: conejax.nmf_minibatch(chunks(c), 3, key=KEY, n_epochs=2,
+                                              progress=False, **kw).W
+  np.testing.assert_allclose(fit(c), fit(1.0), rtol=1e-5, atol=1e-5)
+  if 1e-15 < c < 1e15:  # with penalties scaled to match: mu_h c, mu_w c^2
+    np.testing.assert_allclose(fit(c, mu_h=0.05 * c, mu_w=0.01 * c * c),
+                               fit(1.0, mu_h=0.05, mu_w=0.01), rtol=1e-5, atol=1e-5)
