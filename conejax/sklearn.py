@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from conejax import _cone, _nmf, _nnls, _streaming
+import conejax
 
 FLOATS = [np.float64, np.float32]
 
@@ -119,7 +119,7 @@ class ConeClassifier(ClassifierMixin, BaseEstimator):
     self.rank_ = _effective_rank(rank, min(counts.min(), X.shape[1]), "rank",
                                  "the smallest class or the number of features")
     with _precision(X):
-      cones = _cone.fit_cones(X, index, self.rank_, key=_key(self.random_state),
+      cones = conejax.fit_cones(X, index, self.rank_, key=_key(self.random_state),
                               mu_w=self.mu_w, mu_h=self.mu_h, method=self.method,
                               init=self.init, max_iter=self.max_iter, tol=self.tol)
     self.components_ = np.asarray(cones.W)
@@ -128,9 +128,9 @@ class ConeClassifier(ClassifierMixin, BaseEstimator):
     return self
 
   @property
-  def cones_(self) -> _cone.Cones:
+  def cones_(self) -> conejax.Cones:
     check_is_fitted(self)
-    return _cone.make_cones(self.components_, self.mu_h_)
+    return conejax.make_cones(self.components_, self.mu_h_)
 
   def _distances(self, X, return_X=False):
     check_is_fitted(self)
@@ -138,7 +138,7 @@ class ConeClassifier(ClassifierMixin, BaseEstimator):
     check_non_negative(X, f"{type(self).__name__}.predict")
     with _precision(X):
       W = self.components_.astype(X.dtype)
-      D = _cone.distance(_cone.make_cones(W, self.mu_h_), X, solver=self.solver)
+      D = conejax.distance(conejax.make_cones(W, self.mu_h_), X, solver=self.solver)
       D = np.asarray(D, X.dtype)
     return (D, X) if return_X else D
 
@@ -246,7 +246,7 @@ class ConeNMF(TransformerMixin, BaseEstimator):
     check_non_negative(X, "ConeNMF (input X)")
     self.n_components_ = self._rank(X)
     with _precision(X):
-      fit = _nmf.nmf(X, self.n_components_, key=_key(self.random_state), mu_w=self.mu_w,
+      fit = conejax.nmf(X, self.n_components_, key=_key(self.random_state), mu_w=self.mu_w,
                      mu_h=self.mu_h, method=self.method, init=self.init,
                      max_iter=self.max_iter, tol=self.tol)
       self.components_ = np.asarray(fit.W, X.dtype).T
@@ -268,7 +268,7 @@ class ConeNMF(TransformerMixin, BaseEstimator):
     X = validate_data(self, X, reset=False, dtype=FLOATS)
     check_non_negative(X, "ConeNMF.transform")
     with _precision(X):
-      out = _nnls.nnls(self.components_.T.astype(X.dtype), X, self.mu_h, solver=self.solver)
+      out = conejax.nnls(self.components_.T.astype(X.dtype), X, self.mu_h, solver=self.solver)
       return np.asarray(out.h, X.dtype)
 
   def inverse_transform(self, X):
@@ -294,11 +294,11 @@ class ConeNMF(TransformerMixin, BaseEstimator):
       if first:
         self.n_components_ = self._rank(X)
         init = self.init if self.init in ("nndsvda", "random", "kmeans") else "nndsvda"
-        state = _streaming.nmf_minibatch_init(_key(self.random_state), X,
+        state = conejax.nmf_minibatch_init(_key(self.random_state), X,
                                               self.n_components_, init=init)
       else:
         state = jax.tree.map(lambda a: jax.numpy.asarray(a), self._stream)
-      state = _streaming.nmf_partial_fit(state, X, mu_w=self.mu_w, mu_h=self.mu_h,
+      state = conejax.nmf_partial_fit(state, X, mu_w=self.mu_w, mu_h=self.mu_h,
                                          forget=self.forget)
       self._stream = jax.tree.map(np.asarray, state)
     self.components_ = np.asarray(state.W, X.dtype).T
