@@ -16,8 +16,18 @@ import numpy as np
 
 
 def is_concrete(x) -> bool:
-  """Whether x is a concrete value (not a tracer under jit, vmap or grad)."""
-  return not isinstance(x, jax.core.Tracer)
+  """Whether x is a concrete value (not a tracer under jit, vmap or grad).
+
+  Public API only (no ``jax.core.Tracer``, whose module JAX is retiring): a traced
+  ``jax.Array`` raises ``jax.errors.ConcretizationTypeError`` when asked for its placement.
+  """
+  if not isinstance(x, jax.Array):
+    return True
+  try:
+    x.is_fully_addressable  # noqa: B018  (only the attribute access matters)
+  except jax.errors.ConcretizationTypeError:
+    return False
+  return True
 
 
 _is_concrete = is_concrete

@@ -89,7 +89,7 @@ def subsample(indices: ArrayLike, m: int) -> LinearOperator:
   _checks.check_ndim(indices, "indices", (1,), "(k,)")
   if indices.shape[0] == 0:
     raise ValueError("indices is empty; subsample needs at least one position to keep.")
-  if not isinstance(indices, jax.core.Tracer):
+  if _checks.is_concrete(indices):
     low, high = int(np.min(np.asarray(indices))), int(np.max(np.asarray(indices)))
     if low < 0 or high >= m:
       raise ValueError(f"indices must lie in [0, {m}) for signals of length m={m}; got values "
