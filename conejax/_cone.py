@@ -182,7 +182,8 @@ def codes(cones: Cones, X, **options) -> jax.Array:
   solver, by default; see ``conejax.nnls``), ``max_iter``, ``tol``, ``batch_size``,
   ``penalty`` and ``differentiation``: differentiable with respect to X, ``cones.W`` and
   ``cones.mu_h``, "implicit" (KKT conditions of the solution) or "unroll" (exactly
-  ``max_iter`` APG steps).
+  ``max_iter`` APG steps). ``distance`` and the functions built on it also take an
+  operator ``A`` (and ``per_sample_operator``) to score observations v = A u.
   """
   return _solve(cones, X, "codes", **options)[1].h
 
@@ -202,8 +203,89 @@ def _residual_norms(W, X, H):
   return lax.map(one_cone, (W, jnp.moveaxis(H, -2, 0))).T
 
 
-def distance(cones: Cones, X, **options) -> jax.Array:
-  """Distances D_k(x) = ||x - P_k(x)|| of every sample to every cone: (..., K)."""
+_RECONSTRUCT_OPTIONS = ("solver", "max_iter", "tol", "batch_size", "differentiation",
+                        "chunk_size")
+
+
+def _operator_distance(cones: Cones, V, A, per_sample_operator, options):
+  """||v - A W_k h_k|| with h_k the code of v on cone(A W_k), by ``reconstruct``: (..., K)."""
+  from conejax import _inverse  # _inverse builds on Cones: imported here, not at the top
+
+  penalty = options.pop("penalty", "absolute")
+  if penalty != "absolute":
+    raise ValueError(f"penalty={penalty!r} is not available with an operator A; pass "
+                     "penalty='absolute' (mu_h is the cones' own weight).")
+  unknown = sorted(set(options) - set(_RECONSTRUCT_OPTIONS))
+  if unknown:
+    raise TypeError(f"distance got unexpected options {unknown}; with an operator A the "
+                    f"options are {_RECONSTRUCT_OPTIONS}.")
+  V = _checks.as_float_array(V, "X").astype(cones.W.dtype)
+  if per_sample_operator:
+    if V.ndim not in (1, 2):
+      raise ValueError(f"X must have shape (N, k) or (k,) with one operator per sample; got "
+                       f"{tuple(V.shape)}.")
+    flat = V
+  else:
+    if V.ndim < 1:
+      raise ValueError("X must have shape (..., k), samples as rows; got a scalar.")
+    flat = V.reshape(-1, V.shape[-1])
+  if flat.ndim == 2 and flat.shape[0] == 0:
+    return jnp.zeros(V.shape[:-1] + (cones.n_classes,), V.dtype)
+  out = _inverse.reconstruct(cones, flat, A, select="each",
+                             per_sample_operator=per_sample_operator, **options)
+  D = _observed_residual_norms(A, out.u, flat, per_sample=per_sample_operator and flat.ndim == 2)
+  return D.reshape(V.shape[:-1] + (cones.n_classes,))
+
+
+@functools.partial(jax.jit, static_argnames="per_sample")
+def _observed_residual_norms(A, U, V, *, per_sample):
+  """||v - A u_k|| for estimates U (..., K, m) of observations V (..., k): (..., K)."""
+  if per_sample:
+    AU = jax.vmap(lambda A_i, U_i: jax.vmap(A_i.mv)(U_i))(A, U)
+  else:
+    AU = jax.vmap(A.mv)(U.reshape(-1, U.shape[-1])).reshape(U.shape[:-1] + (V.shape[-1],))
+  return _safe_norm(AU - V[..., None, :])
+
+
+def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False,
+             **options) -> jax.Array:
+  """Distances D_k(x) = ||x - P_k(x)|| of every sample to every cone: (..., K).
+
+  With an operator ``A`` (``conejax.operators``, from the cones' signals (m,) to
+  observations (k,)), X holds observations v = A u + noise of shape (..., k) and the
+  distance to cone k is the misfit of v on cone(A W_k): ||v - A W_k h_k|| with
+  h_k = argmin_{h >= 0} 0.5 ||A W_k h - v||^2 + mu_h sum(h), solved by
+  ``conejax.reconstruct`` (select="each"), so cones trained on clean data classify
+  blurred, downsampled, masked or compressively sensed data. ``per_sample_operator=True``
+  takes one operator per sample (its leaves carry the sample axis N; X is (N, k)), as in
+  ``reconstruct``. ``predict``, ``predict_proba``, ``log_likelihood``, ``score`` and
+  ``calibrate`` take the same ``A`` and ``per_sample_operator`` keywords.
+
+  Args:
+    cones: ``Cones`` (K, m, d).
+    X: (..., m) samples, or (..., k) observations when A is given.
+    A: None (the samples themselves) or an operator from (m,) to (k,).
+    per_sample_operator: whether A holds one operator per sample.
+    **options: as in ``codes``; with A, ``solver``, ``max_iter``, ``tol``, ``batch_size``,
+      ``differentiation`` and ``chunk_size`` as in ``reconstruct`` (``penalty`` must be
+      "absolute").
+
+  Raises:
+    ValueError: on shape mismatch (X against A's output, A's input against the atoms),
+      non-finite data or an option that does not apply.
+
+  Example:
+    >>> import jax.numpy as jnp, conejax
+    >>> from conejax import operators
+    >>> cones = conejax.make_cones(jnp.eye(4)[None, :, :2])
+    >>> A = operators.subsample(jnp.array([0, 3]), 4)   # observe pixels 0 and 3
+    >>> conejax.distance(cones, jnp.array([1.0, 2.0]), A=A).tolist()
+    [2.0]
+  """
+  if A is not None:
+    return _operator_distance(cones, X, A, bool(per_sample_operator), dict(options))
+  if per_sample_operator:
+    raise ValueError("per_sample_operator=True needs an operator A (one per sample).")
   X, out = _solve(cones, X, "distance", **options)
   H, batch = out.h, X.shape[:-1]
   flat = _residual_norms(cones.W, X.reshape(-1, X.shape[-1]), H.reshape(-1, *H.shape[-2:]))
@@ -219,7 +301,10 @@ def _check_temperature(temperature):
 
 
 def log_likelihood(cones: Cones, X, temperature=1.0, **options) -> jax.Array:
-  """Unnormalised log-likelihoods -D_k(x)^2 / temperature: (..., K)."""
+  """Unnormalised log-likelihoods -D_k(x)^2 / temperature: (..., K).
+
+  ``options`` as in ``distance``, including an operator ``A`` for observations v = A u.
+  """
   temperature = _check_temperature(temperature)
   return -distance(cones, X, **options) ** 2 / temperature
 
@@ -230,6 +315,8 @@ def predict_proba(cones: Cones, X, temperature=1.0, **options) -> jax.Array:
   Computed from the differences D_k^2 - D_min^2 = (D_k - D_min)(D_k + D_min), so that
   distances whose squares leave the float range still give the right one-hot answer. A
   sample with NaN or Inf gets NaN probabilities (under jit; outside jit it is rejected).
+  ``options`` as in ``distance``, including an operator ``A`` for observations v = A u;
+  ``calibrate`` fits the temperature.
   """
   temperature = _check_temperature(temperature)
   D = distance(cones, X, **options)

@@ -84,13 +84,12 @@ def test_distance_gradient_is_finite_at_zero_residual():
 
 
 def test_fit_cones_classifies_mnist_digits():
-  X, y = mnist_train(3000)
-  cones = conejax.fit_cones(X, y, 16, key=KEY, max_iter=50)
+  # 1500 training digits and the default 20 updates (93.4% on the next 500, held out).
+  X, y = mnist_train(2000)
+  cones = conejax.fit_cones(X[:1500], y[:1500], 16, key=KEY)
   assert cones.W.shape == (10, 784, 16) and cones.classes == tuple(range(10))
   np.testing.assert_allclose(np.linalg.norm(cones.W, axis=1), 1, rtol=1e-5)
-  from helpers import _mnist
-  labels = _mnist()[1][:3000]
-  assert conejax.score(cones, X[:500], labels[:500]) > 0.9
+  assert conejax.score(cones, X[1500:], y[1500:]) > 0.9
   assert dict(cones.settings)["rank"] == 16
 
 
@@ -151,3 +150,89 @@ def test_training_codes_are_the_projection_codes():
   assert np.mean(np.asarray(fit.H) == 0) > 0.05   # the penalty is active
   H = conejax.codes(conejax.make_cones(fit.W, mu_h), U)[:, 0]
   np.testing.assert_allclose(H, fit.H, atol=1e-7 * float(np.max(fit.H)))
+
+
+# Classification through an operator: the distance of v to cone k is its misfit on
+# cone(A W_k), checked against explicitly formed cones of the dense products A W_k.
+
+from conejax import operators  # noqa: E402
+
+IMAGE = (4, 4)
+
+
+def _image_cones(dtype, mu_h=0.05):
+  rng = np.random.default_rng(10)
+  W = rng.random((3, 16, 4)) * (rng.random((3, 16, 4)) > 0.3)
+  W /= np.linalg.norm(W, axis=1, keepdims=True)
+  X = np.einsum("nd,kmd->nkm", rng.random((6, 4)), W)[:, 1] + 0.1 * rng.random((6, 16))
+  return conejax.make_cones(W.astype(dtype), mu_h), X.astype(dtype), rng
+
+
+def _dense_cones(cones, A):
+  B = np.asarray(operators.materialise(A, dtype=jnp.float64)) @ np.asarray(cones.W, np.float64)
+  return conejax.make_cones(np.maximum(B, 0).astype(cones.W.dtype), cones.mu_h)
+
+
+@pytest.mark.parametrize("dtype, transform", [(np.float32, lambda f: f), (np.float64, jax.jit)],
+                         ids=["float32-eager", "float64-jit"])
+def test_distance_through_an_operator_equals_the_dense_cones(dtype, transform):
+  with jax.enable_x64(dtype == np.float64):
+    cones, X, rng = _image_cones(dtype)
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    for A in [operators.mask(rng.random(16) > 0.4), operators.downsample(2, IMAGE)]:
+      V = operators.apply(A, X)
+      D = transform(lambda V: conejax.distance(cones, V, A=A))(V)
+      assert D.shape == (6, 3) and D.dtype == dtype
+      np.testing.assert_allclose(D, conejax.distance(_dense_cones(cones, A), V), rtol=tol,
+                                 atol=tol)
+    # the last operator: likelihood, labels and a vmap over samples agree with D
+    np.testing.assert_allclose(conejax.log_likelihood(cones, V, 0.5, A=A), -D**2 / 0.5,
+                               rtol=tol, atol=tol)
+    np.testing.assert_array_equal(conejax.predict(cones, V, A=A),
+                                  np.asarray(cones.classes)[np.argmin(D, axis=1)])
+    vmapped = jax.vmap(lambda v: conejax.distance(cones, v, A=A))(V)
+    np.testing.assert_allclose(vmapped, D, rtol=tol, atol=tol)
+
+
+def test_distance_through_sensing_matches_scipy_nnls():
+  from scipy.optimize import nnls
+  cones, X, _ = _image_cones(np.float64, mu_h=0.0)
+  A = operators.gaussian_sensing(jax.random.key(1), 10, 16)
+  V = np.asarray(operators.apply(A, X))
+  D = np.asarray(conejax.distance(cones, V, A=A))
+  B = np.asarray(operators.materialise(A, dtype=jnp.float64)) @ np.asarray(cones.W)
+  expected = [[nnls(B[k], v)[1] for k in range(3)] for v in V]
+  np.testing.assert_allclose(D, expected, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_per_sample_operators_equal_a_loop(dtype):
+  with jax.enable_x64(dtype == np.float64):
+    cones, X, rng = _image_cones(dtype)
+    M = (rng.random(X.shape) > 0.4).astype(dtype)
+    masks = jax.vmap(operators.mask)(jnp.asarray(M))
+    tol = 1e-3 if dtype == np.float32 else 1e-6
+    options = dict(tol=1e-6 if dtype == np.float32 else 1e-10, max_iter=20000)
+    D = conejax.distance(cones, X * M, A=masks, per_sample_operator=True, **options)
+    looped = np.stack([conejax.distance(_dense_cones(cones, operators.mask(m)), x * m)
+                       for x, m in zip(X, M)])
+    np.testing.assert_allclose(D, looped, rtol=tol, atol=tol)
+    p = conejax.predict_proba(cones, X * M, A=masks, per_sample_operator=True,
+                              temperature=0.1, **options)
+    expected = np.exp(-looped**2 / 0.1) / np.exp(-looped**2 / 0.1).sum(1, keepdims=True)
+    np.testing.assert_allclose(p, expected, rtol=10 * tol, atol=tol)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda c, A: conejax.distance(c, np.ones((2, 16)), A=A), ValueError, r"V must have shape"),
+    (lambda c, A: conejax.distance(c, np.ones((2, 4)), A=A, penalty="relative"), ValueError,
+     "penalty='absolute'"),
+    (lambda c, A: conejax.distance(c, np.ones((2, 16)), per_sample_operator=True), ValueError,
+     "needs an operator A"),
+    (lambda c, A: conejax.distance(c, np.ones((2, 4)), A=operators.identity(4)), ValueError,
+     "atoms have size"),
+])
+def test_operator_bad_inputs_give_clear_errors(call, error, message):
+  cones, _, _ = _image_cones(np.float32)
+  with pytest.raises(error, match=message):
+    call(cones, operators.downsample(2, IMAGE))
