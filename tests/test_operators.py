@@ -40,6 +40,8 @@ FACTORIES = {
     "composed": lambda: ops.compose(
         ops.downsample(2, SHAPE), ops.blur(KERNEL_45, SHAPE, boundary="reflect"), ops.mask(MASK)),
     "sum_scaled": lambda: 2.0 * ops.blur(KERNEL_3, SHAPE) - ops.mask(MASK),
+    "resize_down": lambda: ops.resize(SHAPE, (3, 4)),   # factors 8/3 and 3/2
+    "resize_up": lambda: ops.resize(SHAPE, (11, 9)),
 }
 ALL = pytest.mark.parametrize("name", sorted(FACTORIES))
 # Unoptimised XLA compiles these tiny test programs about three times faster.
@@ -167,6 +169,31 @@ def test_downsample_is_a_block_mean():
   np.testing.assert_allclose(spread, np.kron(np.arange(12.0).reshape(4, 3), np.ones((2, 2))) / 4)
 
 
+def _area_reference(n_in, n_out):
+  """Area averaging by replication: each pixel copied L / n_in times (L = lcm), then the
+  L samples averaged in blocks of L / n_out; an independent route to the weights."""
+  L = np.lcm(n_in, n_out)
+  return np.kron(np.eye(n_in), np.ones((1, L // n_in))).T.reshape(n_out, L // n_out, n_in).mean(1)
+
+
+@pytest.mark.parametrize("in_shape, out_shape", [(SHAPE, (3, 4)), (SHAPE, (11, 9)),
+                                                 ((28, 28), (8, 8))])
+def test_resize_is_area_averaging(in_shape, out_shape):
+  dense = np.asarray(ops.materialise(ops.resize(in_shape, out_shape), dtype=jnp.float64))
+  expected = np.kron(_area_reference(in_shape[0], out_shape[0]),
+                     _area_reference(in_shape[1], out_shape[1]))
+  np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
+  np.testing.assert_allclose(dense.sum(1), 1, rtol=1e-12)     # constants stay constant
+  assert np.all(dense >= 0)
+
+
+def test_resize_by_an_integer_factor_is_average_pooling():
+  x = np.random.default_rng(3).random(M)
+  np.testing.assert_allclose(ops.resize(SHAPE, (4, 3)).mv(x), ops.downsample(2, SHAPE).mv(x),
+                             rtol=1e-12)
+  np.testing.assert_allclose(ops.resize(SHAPE, SHAPE).mv(x), x, rtol=1e-12)
+
+
 def test_fourier_filter_matches_numpy_and_removes_its_band():
   image = np.random.default_rng(5).standard_normal(SHAPE)
   out = ops.fourier_filter(NOTCH, SHAPE).mv(image.reshape(-1)).reshape(SHAPE)
@@ -277,6 +304,8 @@ def test_integer_signals_become_floating():
     (lambda: ops.fourier_filter(np.ones((3, 3)), SHAPE), r"response must have the image shape"),
     (lambda: ops.fourier_filter(np.ones(SHAPE) * 1j, SHAPE), "operators are real"),
     (lambda: ops.compose(), "compose needs one or more LinearOperators"),
+    (lambda: ops.resize(SHAPE, (0, 3)), "each side of image_shape must be a positive integer"),
+    (lambda: ops.resize(48, (3, 3)), r"image_shape must be a pair"),
     (lambda: ops.mask(MASK) @ ops.matrix(DENSE), "B.out_size must equal A.in_size"),
     (lambda: ops.mask(MASK) + ops.matrix(DENSE), "both must map the same sizes"),
     (lambda: np.ones(M) * ops.mask(MASK), "multiplied by a scalar"),

@@ -1,4 +1,4 @@
-"""Matrix-free linear forward operators: masks, blurs, Fourier filters, pooling, sensing.
+"""Matrix-free linear forward operators: masks, blurs, Fourier filters, pooling, resizing, sensing.
 
 Conventions: an operator A maps a flat signal u of shape (in_size,) to A u of shape
 (out_size,); images of shape (H, W) are flattened row-major. Batches are rows: ``apply(A, U)``
@@ -22,6 +22,7 @@ from conejax.operators._image import blur as blur
 from conejax.operators._image import downsample as downsample
 from conejax.operators._image import fourier_filter as fourier_filter
 from conejax.operators._image import mask as mask
+from conejax.operators._image import resize as resize
 from conejax.operators._sensing import gaussian_sensing as gaussian_sensing
 from conejax.operators._sensing import subsample as subsample
 from conejax.operators._patches import patches as patches

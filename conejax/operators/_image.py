@@ -1,4 +1,4 @@
-"""Image operators: pixel masks, blurs, Fourier filters and average pooling.
+"""Image operators: pixel masks, blurs, Fourier filters, average pooling and resizing.
 
 Images of shape (H, W) travel as flat signals of shape (H * W,), flattened row-major
 (``image.reshape(-1)``); each operator stores its image shape as static metadata.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
@@ -96,6 +97,36 @@ class Downsample(LinearOperator):
   def _mv(self, u):
     (H, W), f = self.image_shape, self.factor
     return u.reshape(H // f, f, W // f, f).mean(axis=(1, 3)).reshape(-1)
+
+
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+  """The (n_out, n_in) matrix of 1-D resampling by area averaging, in float64.
+
+  Output pixel i covers [i s, (i + 1) s) of the input axis, s = n_in / n_out, and averages
+  the input pixels [j, j + 1) by their overlap with it: R[i, j] = |[i s, (i + 1) s) n
+  [j, j + 1)| / s. Every row sums to 1; for an integer factor it is average pooling, and
+  for n_out > n_in each output pixel takes the one or two input pixels under it.
+  """
+  s = n_in / n_out
+  low = np.arange(n_out)[:, None] * s
+  j = np.arange(n_in)[None, :]
+  return np.clip(np.minimum(low + s, j + 1) - np.maximum(low, j), 0, None) / s
+
+
+@pytree_dataclass
+class Resize(LinearOperator):
+  """Separable area-averaging resampling, image -> R_h image R_w^T; see ``resize``."""
+  in_shape: tuple[int, int] = static_field()
+  out_shape: tuple[int, int] = static_field()
+
+  in_size = property(lambda self: self.in_shape[0] * self.in_shape[1])
+  out_size = property(lambda self: self.out_shape[0] * self.out_shape[1])
+
+  def _mv(self, u):
+    rows, cols = (jnp.asarray(area_weights(i, o), u.dtype)
+                  for i, o in zip(self.in_shape, self.out_shape))
+    image = jnp.matmul(rows, u.reshape(self.in_shape), precision=_HIGHEST)
+    return jnp.matmul(image, cols.T, precision=_HIGHEST).reshape(-1)
 
 
 @pytree_dataclass
@@ -233,3 +264,32 @@ def downsample(factor: int, image_shape: tuple[int, int]) -> LinearOperator:
         f"downsample needs both image sides {(H, W)} to be divisible by factor {factor}; "
         f"crop the images to {fix} (or pad them) first, or pick a factor dividing both.")
   return Downsample(factor=factor, image_shape=(H, W))
+
+
+def resize(in_shape: tuple[int, int], out_shape: tuple[int, int]) -> LinearOperator:
+  """Resamples (H, W) images to another shape by area averaging, for any factor.
+
+  Each output pixel is the average of the input image over the rectangle it covers when
+  both images span the same square: along each axis, output pixel i covers
+  [i s, (i + 1) s) of the input, s = in / out, and input pixel j contributes its overlap
+  with that interval (``area_weights``). For an integer factor this is ``downsample``
+  (average pooling); upsampling (out > in) spreads each input pixel over the output pixels
+  under it. Constant images stay constant. The adjoint, from ``jax.linear_transpose``, is
+  R_h^T image R_w.
+
+  Args:
+    in_shape: (H, W) of the input images; signals are flattened row-major to (H * W,).
+    out_shape: (H', W') of the output images, any positive sizes.
+
+  Returns:
+    The operator from (H * W,) to (H' * W',).
+
+  Raises:
+    ValueError: if a shape is not a pair of positive integers.
+
+  Example:
+    >>> A = resize((28, 28), (8, 8))     # MNIST digits at the resolution of load_digits
+    >>> A.mv(jnp.ones(784)).reshape(8, 8)[0, :3].round(6).tolist()
+    [1.0, 1.0, 1.0]
+  """
+  return Resize(in_shape=_check_image_shape(in_shape), out_shape=_check_image_shape(out_shape))
