@@ -8,6 +8,7 @@ from conejax import data as data
 from conejax import operators as operators
 from conejax import solvers as solvers
 from conejax._cone import Cones as Cones
+from conejax._cone import calibrate as calibrate
 from conejax._cone import codes as codes
 from conejax._cone import distance as distance
 from conejax._cone import fit_cones as fit_cones

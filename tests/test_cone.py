@@ -236,3 +236,55 @@ def test_operator_bad_inputs_give_clear_errors(call, error, message):
   cones, _, _ = _image_cones(np.float32)
   with pytest.raises(error, match=message):
     call(cones, operators.downsample(2, IMAGE))
+
+
+def _nll(D, labels, T):
+  logits = -np.asarray(D, np.float64) ** 2 / T
+  logits -= logits.max(1, keepdims=True)
+  return np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(len(labels)), labels])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_calibrate_minimises_the_validation_log_likelihood(dtype):
+  from scipy.optimize import minimize_scalar
+  with jax.enable_x64(dtype == np.float64):
+    cones = _toy_cones(dtype=dtype)
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 3, 40)
+    X = np.einsum("nd,nmd->nm", rng.random((40, 4)), np.asarray(cones.W)[labels])
+    X = (X + 0.3 * rng.random((40, 12))).astype(dtype)   # noisy: some samples misclassified
+    y = np.asarray(cones.classes)[labels]
+    T = conejax.calibrate(cones, X, y)
+    assert T.shape == () and T.dtype == dtype
+    D = np.asarray(conejax.distance(cones, X), np.float64)
+    assert np.any(np.argmin(D, 1) != labels)
+    ref = minimize_scalar(lambda t: _nll(D, labels, np.exp(t)), bounds=(-12, 6),
+                          method="bounded", options=dict(xatol=1e-10))
+    rtol = 1e-3 if dtype == np.float32 else 1e-6
+    np.testing.assert_allclose(float(T), np.exp(ref.x), rtol=rtol)
+    assert _nll(D, labels, float(T)) <= ref.fun + 1e-9
+    # labels are matched to cones by value, not position
+    shuffled = conejax.make_cones(cones.W[::-1], cones.mu_h, classes=cones.classes[::-1])
+    np.testing.assert_allclose(conejax.calibrate(shuffled, X, y), T, rtol=1e-5)
+
+
+def test_calibrate_through_an_operator_equals_the_dense_cones():
+  cones, X, rng = _image_cones(np.float32)
+  A = operators.downsample(2, IMAGE)
+  V = operators.apply(A, X) + 0.05 * rng.standard_normal((6, 4)).astype(np.float32)
+  y = np.array([7, 3, 5, 3, 7, 5])
+  cones = conejax.make_cones(cones.W, cones.mu_h, classes=[7, 3, 5])
+  dense = conejax.make_cones(_dense_cones(cones, A).W, cones.mu_h, classes=[7, 3, 5])
+  np.testing.assert_allclose(conejax.calibrate(cones, V, y, A=A), conejax.calibrate(dense, V, y),
+                             rtol=1e-4)
+
+
+def test_calibrate_warns_without_a_minimiser_and_rejects_bad_labels():
+  cones = _toy_cones()
+  X = np.asarray(cones.W[:, :, 0])            # each sample on its own cone: separable
+  with pytest.warns(UserWarning, match="nearest its own cone"):
+    assert float(conejax.calibrate(cones, X, [7, 3, 5])) < 1e-6
+  with pytest.raises(ValueError, match="have no cone"):
+    conejax.calibrate(cones, X, [7, 3, 4])
+  with pytest.raises(ValueError, match="one label per sample"):
+    conejax.calibrate(cones, X, [7, 3])
