@@ -388,7 +388,8 @@ def _median_psnr(cones, first, ones, mu_h):
   return 0.5 * (np.median(psnr(parts[:, 0], first)) + np.median(psnr(parts[:, 1], ones)))
 
 
-def separation(x_train, y_train, x_test, y_test, key, n=1000, n_val=200):
+def separation(x_train, y_train, x_test, y_test, key, n=1000, n_val=200,
+               digits=(0, 2, 3, 4, 5, 6, 7, 8, 9)):
   """Median PSNR of the two components of v = u_d + u_1 (reference protocol, d = 0) and d + 1.
 
   Rank-64 cones (``fit_cones`` defaults) of digit d and of 1, each from its first 5000
@@ -398,7 +399,7 @@ def separation(x_train, y_train, x_test, y_test, key, n=1000, n_val=200):
   rng = np.random.default_rng(0)
   ones = x_test[y_test == 1]
   rows = []
-  for digit in (0, 2, 3, 4, 5, 6, 7, 8, 9):
+  for digit in digits:
     index = [np.flatnonzero(y_train == c) for c in (digit, 1)]
     train = np.concatenate([i[:5000] for i in index])
     cones = conejax.fit_cones(x_train[train], y_train[train], 64, key=key)
@@ -479,18 +480,21 @@ def class_union(x_train, y_train, n_val, rank, key):
   return f"union of ten rank-{rank} class cones ({10 * rank} atoms)", cones
 
 
-def _dictionaries(x_train, y_train, U_train, n_val, key):
+def _dictionaries(x_train, y_train, U_train, n_val, key, union_ranks=(64, 128), exemplars=True):
   """label -> (dictionary, select, tasks it is used for or None for all).
 
-  The single rank-64 cone, the unions of the ten rank-64 and rank-128 class cones and, for
-  inpainting, the exemplar cone spanned by EXEMPLARS training digits per class (unit norm).
+  The single rank-64 cone, the unions of the ten class cones of each of ``union_ranks`` and,
+  if ``exemplars``, for inpainting, the exemplar cone spanned by EXEMPLARS training digits per
+  class (unit norm).
   """
   single = conejax.nmf(U_train, 64, key=key, method="mu", max_iter=200, tol=0).W
   single = single / jnp.linalg.norm(single, axis=0)
   union = {}
-  for rank in (64, 128):
+  for rank in union_ranks:
     label, class_cones = class_union(x_train, y_train, n_val, rank, key)
     union[label] = (class_cones, "union", None)
+  if not exemplars:
+    return {"rank-64 cone": (single, "each", None)} | union
   classes = _class_indices(y_train, n_val)
   per_digit = min(EXEMPLARS, *map(len, classes))  # the embedded subset has fewer
   exemplars = np.stack([x_train[index[:per_digit]].T for index in classes])
@@ -500,7 +504,12 @@ def _dictionaries(x_train, y_train, U_train, n_val, key):
   return {"rank-64 cone": (single, "each", None)} | union
 
 
-def run(data, out, n_test=500, n_val=100, tasks=None, separate=True):
+def run(data, out, n_test=500, n_val=100, tasks=None, separate=True, quick=False):
+  """Runs ``tasks`` (indices into TASKS, None for all) and the separation; writes the tables.
+
+  ``quick`` (the main job's default): unions of rank-64 class cones only, no exemplar cone,
+  and the separation of 0 + 1 alone on 200 test mixtures.
+  """
   out.mkdir(parents=True, exist_ok=True)
   x_train, y_train, x_test, y_test = load_mnist(data)
   key = jax.random.key(0)
@@ -508,7 +517,8 @@ def run(data, out, n_test=500, n_val=100, tasks=None, separate=True):
   U_val, U_test = x_train[-n_val:].astype(np.float64), x_test[:n_test].astype(np.float64)
   rows, chosen = [], range(len(TASKS)) if tasks is None else tasks
   if chosen:
-    dictionaries = _dictionaries(x_train, y_train, U_train, n_val, key)
+    dictionaries = _dictionaries(x_train, y_train, U_train, n_val, key,
+                                 union_ranks=(64,) if quick else (64, 128), exemplars=not quick)
   for i in tqdm(chosen, desc="inverse problems", unit="task"):
     task = TASKS[i]
     task_rows, obs, estimates = run_task(task, dictionaries, U_val, U_test, seed=10 * i)
@@ -521,7 +531,9 @@ def run(data, out, n_test=500, n_val=100, tasks=None, separate=True):
     panel(out / f"inverse_{slug}.png", show_degraded(obs), estimates[baseline],
           estimates[best["method"].removeprefix("conejax ").rsplit(" (", 1)[0]], U_test,
           ("degraded", baseline, best["method"], "truth"))
-  sep_rows = separation(x_train, y_train, x_test, y_test, key) if separate else None
+  sep_options = dict(digits=(0,), n=200, n_val=100) if quick else {}
+  sep_rows = separation(x_train, y_train, x_test, y_test, key, **sep_options) if separate \
+      else None
   rows, sep_rows = _merge(out, rows, sep_rows)
   table = markdown(rows, sep_rows)
   (out / "inverse_problems.md").write_text(table + "\n")
