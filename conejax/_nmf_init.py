@@ -159,3 +159,29 @@ def kmeans_init(key: jax.Array, U: jax.Array, rank: int, mask: jax.Array):
 
 
 INITS = {"random": random_init, "nndsvda": nndsvda_init, "kmeans": kmeans_init}
+
+
+def fill_missing(U: jax.Array, weights: jax.Array | None, mask: jax.Array):
+  """U with each entry of weight w moved to w u + (1 - w) times its feature's weighted mean.
+
+  The inits are written for complete data; a missing entry (weight 0) held at zero would
+  pull them down. Only the init sees the filled data; the fit weighs the entries. Masked
+  (padding) rows stay zero.
+  """
+  if weights is None:
+    return U
+  mean = jnp.sum(weights * U, axis=0) / jnp.maximum(jnp.sum(weights, axis=0), 1e-12)
+  return (weights * U + (1 - weights) * mean[None]) * mask[:, None]
+
+
+def with_fixed_atoms(U: jax.Array, W: jax.Array, H: jax.Array, fixed: jax.Array | None,
+                     mask: jax.Array):
+  """[fixed, W] (m, d0 + d) and codes (N, d0 + d): for the fixed atoms each sample's
+  projection coefficient u . w / |w|^2, divided by the number of atoms so that the sum of
+  all parts starts at the data's scale."""
+  if fixed is None:
+    return W, H
+  norm2 = jnp.sum(fixed**2, axis=0)
+  H_fixed = jnp.dot(U, fixed, precision=_HIGHEST) / jnp.where(norm2 > 0, norm2, 1)[None]
+  H_fixed = H_fixed / (fixed.shape[1] + W.shape[1]) * mask[:, None]
+  return jnp.concatenate([fixed, W], axis=1), jnp.concatenate([H_fixed, H], axis=1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from conejax import _checks, _scale, solvers
@@ -86,21 +87,23 @@ UPDATES = {"mu": mu_update, "hals": hals_update, "anls": anls_update}
 DEFAULT_INNER = {"mu": 1, "hals": 1, "anls": 50}
 
 
-def outer_step(update, U, Ut, W, H, mu_w, mu_h, inner: int):
-  """Updates H, then W. Returns W, H and the statistics A = U^T H, B = H^T H of the new H.
-
-  Ut is U^T, passed in so that XLA never transposes U inside the loop.
-  """
-  H = update(H, _dot(U, W), _dot(W.T, W), mu_h, inner)
-  A, B = _dot(Ut, H), _dot(H.T, H)
-  W = update(W, A, B, mu_w, inner)
-  return W, H, A, B
-
-
-def objective_from_stats(norm_u2, W, H, A, B, mu_w, mu_h):
-  """0.5 ||U - H W^T||^2 + penalties, from ||U||^2, A = U^T H, B = H^T H: no pass over U."""
+def objective_from_stats(norm_u2, W, sum_h, A, B, mu_w, mu_h):
+  """0.5 ||U - H W^T||^2 + penalties, from ||U||^2, A = U^T H, B = H^T H and sum(H) (H itself
+  may be passed): no pass over U."""
   fit = norm_u2 - 2 * jnp.sum(W * A) + jnp.sum(_dot(W.T, W) * B)
-  return 0.5 * jnp.maximum(fit, 0) + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)
+  return 0.5 * jnp.maximum(fit, 0) + mu_w * jnp.sum(W) + mu_h * jnp.sum(sum_h)
+
+
+def atom_scale(W, mu_w, mu_h, n_fixed: int = 0):
+  """The norms (d,) that make W's atoms unit when no penalty fixes the scale, else ones.
+
+  For any diagonal S > 0, (W S^-1, H S) fits as (W, H); with a penalty on either factor the
+  rescaling changes the objective, so the scale is 1. Zero atoms and the first ``n_fixed``
+  atoms (kept fixed by the fit) get 1.
+  """
+  norm = jnp.linalg.norm(W, axis=0)
+  free = (jnp.arange(W.shape[1]) >= n_fixed) & (norm > 0) & (mu_w == 0) & (mu_h == 0)
+  return jnp.where(free, norm, jnp.ones_like(norm))
 
 
 def objective(U, W, H, mu_w=0.0, mu_h=0.0):
@@ -124,3 +127,105 @@ def objective(U, W, H, mu_w=0.0, mu_h=0.0):
   residual = U - _dot(H, W.T)
   fit = _scale.norm(residual.reshape(-1)) ** 2 if residual.size else 0.0
   return 0.5 * fit + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)
+
+
+# Beta-divergences by the majorisation-minimisation multiplicative updates of Fevotte and
+# Idier (2011), as scikit-learn's ``solver="mu"`` computes them (sklearn/decomposition/_nmf.py,
+# ``_multiplicative_update_w`` for our codes H, ``_multiplicative_update_h`` for our atoms W).
+
+BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+EPSILON = float(np.finfo(np.float32).eps)  # the floor of H W^T where beta < 2, as scikit-learn
+_ZERO_BELOW = float(np.finfo(np.float64).eps)  # MU iterates under it are zeroed when beta <= 1
+
+
+def mm_exponent(beta: float) -> float:
+  """The MM exponent gamma of Fevotte and Idier: 1 / (2 - beta), 1 or 1 / (beta - 1)."""
+  if beta < 1:
+    return 1.0 / (2.0 - beta)
+  return 1.0 / (beta - 1.0) if beta > 2 else 1.0
+
+
+def _ratios(U, WH, beta: float, weights):
+  """The elementwise factors of the MU numerator, M U (WH)^(beta - 2), and denominator,
+  M (WH)^(beta - 1), with M the weights; the denominator is None for unweighted KL, whose
+  product with a factor is a column sum. WH is floored at EPSILON where scikit-learn does."""
+  if beta == 2:
+    numerator, denominator = U, WH
+  else:
+    safe = jnp.maximum(WH, EPSILON)
+    if beta == 1:
+      numerator, denominator = U / safe, None
+    elif beta == 0:
+      numerator, denominator = U / safe**2, 1 / safe
+    else:
+      numerator = U * (safe if beta < 2 else WH) ** (beta - 2)
+      denominator = (safe if beta < 1 else WH) ** (beta - 1)
+  if weights is not None:
+    numerator = numerator * weights
+    denominator = weights if denominator is None else denominator * weights
+  return numerator, denominator
+
+
+def _mm_step(X, numerator, denominator, mu, beta: float):
+  """X * (numerator / (denominator + mu))^gamma, a zero denominator replaced by EPSILON."""
+  denominator = denominator + mu
+  delta = numerator / jnp.where(denominator == 0, EPSILON, denominator)
+  gamma = mm_exponent(beta)
+  return X * (delta if gamma == 1 else delta**gamma)
+
+
+def mu_beta_codes(U, W, H, WH, mu_h, beta: float, weights=None):
+  """One MM update of the codes H (n, d) for min D_beta(U | H W^T) + mu_h |H|_1; WH = H W^T.
+
+  Rows are independent, so no sum over devices is needed. With beta < 1 entries under
+  float64 eps are set to zero afterwards, as scikit-learn does.
+  """
+  numerator, denominator = _ratios(U, WH, beta, weights)
+  if denominator is None:
+    denominator = jnp.sum(W, axis=0)[None]
+  else:
+    denominator = dot(denominator, W)
+  H = _mm_step(H, dot(numerator, W), denominator, mu_h, beta)
+  return jnp.where(H < _ZERO_BELOW, 0, H) if beta < 1 else H
+
+
+def mu_beta_atoms(U, W, H, WH, mu_w, beta: float, weights=None, reduce=lambda x: x):
+  """One MM update of the atoms W (m, d) for min D_beta(U | H W^T) + mu_w |W|_1; WH = H W^T.
+
+  Its two sums over rows, (M U WH^(beta-2))^T H and (M WH^(beta-1))^T H, go through
+  ``reduce`` together (an all-reduce when the rows are split over devices). With beta <= 1
+  entries under float64 eps are set to zero afterwards, as scikit-learn does.
+  """
+  numerator, denominator = _ratios(U, WH, beta, weights)
+  if denominator is None:  # unweighted KL: column sums of H, a zero sum replaced by 1
+    numerator, total = reduce((dot(numerator.T, H), jnp.sum(H, axis=0)))
+    denominator = jnp.where(total == 0, 1, total)[None]
+  else:
+    numerator, denominator = reduce((dot(numerator.T, H), dot(denominator.T, H)))
+  W = _mm_step(W, numerator, denominator, mu_w, beta)
+  return jnp.where(W < _ZERO_BELOW, 0, W) if beta <= 1 else W
+
+
+def beta_divergence(U, WH, beta: float, weights=None):
+  """sum M d_beta(U | WH) over the entries, M the weights (all ones when None).
+
+  d_2 = (u - v)^2 / 2, d_1 = u log(u / v) - u + v (KL), d_0 = u / v - log(u / v) - 1 (IS),
+  else (u^b + (b - 1) v^b - b u v^(b - 1)) / (b (b - 1)); v is floored at EPSILON where
+  it divides or takes a negative power, and u = 0 gives the limit (0 log 0 = 0). For
+  beta <= 0 the drivers reject u = 0 with a non-zero weight (the divergence is infinite).
+  """
+  if beta == 2:
+    d = 0.5 * (U - WH) ** 2
+  else:
+    positive = U > 0
+    u = jnp.where(positive, U, 1)
+    safe = jnp.maximum(WH, EPSILON)
+    if beta == 1:
+      d = jnp.where(positive, U * jnp.log(u / safe) - U, 0) + WH
+    elif beta == 0:
+      ratio = u / safe
+      d = ratio - jnp.log(ratio) - 1
+    else:
+      cross = jnp.where(positive, u**beta - beta * U * safe ** (beta - 1), 0)
+      d = (cross + (beta - 1) * (safe if beta < 1 else WH) ** beta) / (beta * (beta - 1))
+  return jnp.sum(d if weights is None else d * weights)

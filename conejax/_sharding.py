@@ -41,8 +41,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from conejax import _checks, _cone, _inverse, _nmf, _nmf_init, _nmf_steps
-from conejax._nmf_steps import _dot
+from conejax import _checks, _cone, _inverse, _nmf, _nmf_checks, _nmf_init
 
 AXES = ("classes", "data")
 _METHODS = ("mu", "hals")
@@ -119,96 +118,109 @@ def _pad_rows(x, n_rows, mode):
   return jnp.pad(x, [(0, n_rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1), mode=mode)
 
 
-def _fit_rows(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner):
-  """``_nmf._fit`` on this device's rows of U (n, m) and H (n, d); W (m, d) replicated.
+def _sum_over_data(x):
+  """The all-reduce that completes a sum over rows: one ``psum`` over the "data" axis."""
+  return lax.psum(x, "data")
 
-  The statistics A = U^T H, B = H^T H and sum(H) are summed over "data" in one psum.
+
+def _fit_rows(U, mask, W, H, mu_w, mu_h, weights, **static):
+  """The NMF core on this device's rows of U (n, m), H (n, d) and the weights, W (m, d)
+  replicated: its sums over rows (A = U^T H, B = H^T H, sum(H)) are psums over "data"."""
+  return _nmf.fit_factors(U, mask, W, H, mu_w, mu_h, weights=weights, reduce=_sum_over_data,
+                          **static)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("mesh", "per_class", "n_fixed") + _nmf._STATIC)
+def _fit_sharded(U, mask, W0, H0, mu_w, mu_h, weights=None, *, mesh, per_class, **static):
+  """``_fit_rows`` under shard_map; with ``per_class`` every array has a leading (K,) axis.
+
+  ``weights`` (entry weights of U, or None) are split with U.
   """
-  update = _nmf_steps.UPDATES[method]
-  Ut = U.T
-  norm_u2 = lax.psum(jnp.sum(U**2), "data")
-
-  def step(W, H):
-    H = update(H, _dot(U, W), _dot(W.T, W), mu_h, inner) * mask[:, None]
-    A, B, total_h = lax.psum((_dot(Ut, H), _dot(H.T, H), jnp.sum(H)), "data")
-    W = update(W, A, B, mu_w, inner)
-    # H enters the objective only through sum(H): pass the global sum in its place.
-    return W, H, _nmf_steps.objective_from_stats(norm_u2, W, total_h, A, B, mu_w, mu_h)
-
-  W, H, history, n_iter = _nmf._iterate(step, W, H, norm_u2, max_iter=max_iter, tol=tol)
-  W, H = _nmf._normalise_atoms(W, H, mu_w, mu_h)
-  return W, H, history, n_iter
-
-
-@functools.partial(jax.jit, static_argnames=("mesh", "per_class") + _nmf._STATIC)
-def _fit_sharded(U, mask, W0, H0, mu_w, mu_h, *, mesh, per_class, **static):
-  """``_fit_rows`` under shard_map; with ``per_class`` every array has a leading (K,) axis."""
+  static.setdefault("unit_atoms", False)
   fit = functools.partial(_fit_rows, **static)
   rows, single = (_CLASS_ROWS, P("classes")) if per_class else (_ROWS, P())
   if per_class:  # one penalty per class (each class at its own unit scale)
     fit = jax.vmap(fit)
-  return jax.shard_map(fit, mesh=mesh, in_specs=(rows, rows, single, rows, single, single),
-                       out_specs=(single, rows, single, single))(U, mask, W0, H0, mu_w, mu_h)
+  specs = (rows, rows, single, rows, single, single, rows if weights is not None else P())
+  return jax.shard_map(fit, mesh=mesh, in_specs=specs,
+                       out_specs=(single, rows, single, single))(U, mask, W0, H0, mu_w, mu_h,
+                                                                 weights)
 
 
 @functools.partial(jax.jit, static_argnames=("init", "rank", "per_class"))
-def _init_factors(key, U, mask, *, init, rank, per_class):
-  init_fn = lambda key, U, mask: _nmf_init.INITS[init](key, U, rank, mask)
-  return (jax.vmap(init_fn) if per_class else init_fn)(key, U, mask)
+def _init_factors(key, U, mask, weights, fixed, *, init, rank, per_class):
+  def init_fn(key, U, mask, weights):
+    W, H = _nmf_init.INITS[init](key, _nmf_init.fill_missing(U, weights, mask), rank, mask)
+    return _nmf_init.with_fixed_atoms(U, W, H, fixed, mask)
+  return (jax.vmap(init_fn) if per_class else init_fn)(key, U, mask, weights)
 
 
 def _check_method(method):
-  if method not in _METHODS:
+  if method is not None and method not in _METHODS:
     raise ValueError(f"method must be one of {_METHODS} for sharded NMF (row-wise updates of H, "
                      f"one all-reduce per iteration); got {method!r}. Use conejax.nmf for it.")
   return method
 
 
 def nmf_sharded(U, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0.0, mu_h=0.0,
-                method: str = "hals", init="nndsvda", max_iter: int = 200, tol: float = 1e-5,
-                inner_iter: int | None = None) -> _nmf.NMFResult:
+                method: str | None = None, init="nndsvda", max_iter: int = 200,
+                tol: float = 1e-5, inner_iter: int | None = None, beta_loss="frobenius",
+                weights=None, missing: str | None = None, fixed_atoms=None) -> _nmf.NMFResult:
   """``conejax.nmf`` with the rows of U and H split over the mesh axis "data".
 
-  Minimises 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0 with one all-reduce
-  of (U^T H, H^T H, sum(H)) per iteration; W is replicated. Rows are padded with zeros to
-  a multiple of the "data" size and masked out; over "classes" the work is replicated.
+  Minimises D_beta(U | H W^T) + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0 (the Frobenius loss
+  0.5 ||U - H W^T||_F^2 by default) by the same core as ``conejax.nmf``; W is replicated
+  and the sums over rows go through one all-reduce per iteration (of U^T H, H^T H and
+  sum(H) for the Frobenius loss; two, W's statistics and the objective, for a
+  beta-divergence or weights). Rows are padded with zeros to a multiple of the "data" size
+  and masked out; over "classes" the work is replicated.
 
   Args:
     U: (N, m) non-negative data, samples as rows.
-    rank: number of atoms d, at most min(N, m).
+    rank: number of atoms d, as in ``conejax.nmf``.
     key: PRNG key of the initialisation.
     mesh: from ``make_mesh``.
-    method: "mu" or "hals" ("anls" needs ``conejax.nmf``).
+    method: "mu" or "hals" ("anls" needs ``conejax.nmf``); None as in ``conejax.nmf``.
     init: "random", "nndsvda", "kmeans" (computed as ``conejax.nmf`` does, on one device,
-      before U is padded and split), or a pair (W0 (m, d), H0 (N, d)).
-    Other arguments: as in ``conejax.nmf``.
+      before U is padded and split), or a pair (W0 (m, d), H0 (N, d0 + d)).
+    Other arguments: as in ``conejax.nmf`` (weights are split with U's rows).
 
   Returns:
-    ``NMFResult`` with ``W`` (m, d), ``H`` (N, d), ``objective`` (max_iter,), ``n_iter``;
-    equal to ``conejax.nmf`` from the same init up to rounding.
+    ``NMFResult`` with ``W`` (m, d0 + d), ``H`` (N, d0 + d), ``objective`` (max_iter,),
+    ``n_iter``; equal to ``conejax.nmf`` from the same init up to rounding.
 
   Raises:
     ValueError: as ``conejax.nmf``, plus a mesh without ("classes", "data") axes.
   """
   n_data = _check_mesh(mesh)[1]
-  U, options, init, W0, H0 = _nmf._check_nmf(U, rank, init, _check_method(method), max_iter,
-                                             tol, inner_iter, mu_w, mu_h)
-  rank, method, max_iter, tol, inner, mu_w, mu_h = options
-  s, U, mu_w, mu_h, H0 = _nmf.unit_scale(U, mu_w, mu_h, H0)
+  p = _nmf_checks.check_nmf(U, rank, init, _check_method(method), max_iter, tol, inner_iter, mu_w,
+                      mu_h, beta_loss=beta_loss, weights=weights, missing=missing,
+                      fixed_atoms=fixed_atoms)
+  s, U, mu_w, mu_h, H0 = _nmf.unit_scale(p.U, p.mu_w, p.mu_h, p.H0, beta=p.beta,
+                                         weights=p.weights)
   n = U.shape[0]
-  if init is not None:
-    W0, H0 = _init_factors(key, U, jnp.ones(n, U.dtype), init=init, rank=rank, per_class=False)
-  # Zero rows of U with zero codes stay zero and add nothing to any statistic.
+  if p.init is not None:
+    W0, H0 = _init_factors(key, U, jnp.ones(n, U.dtype), p.weights, p.fixed, init=p.init,
+                           rank=p.rank, per_class=False)
+  else:
+    W0 = p.W0 if p.fixed is None else jnp.concatenate([p.fixed, p.W0], axis=1)
+  # Zero rows of U with zero codes (and zero weights) stay zero and add nothing to any sum.
   pad = lambda x: shard_samples(_pad_rows(x, n + (-n % n_data), "constant"), mesh)
   U, mask, H0 = pad(U), pad(jnp.ones(n, U.dtype)), pad(H0)
-  W, H, history, n_iter = _fit_sharded(U, mask, W0, H0, mu_w, mu_h, mesh=mesh, per_class=False,
-                                       method=method, max_iter=max_iter, tol=tol, inner=inner)
-  return _nmf.NMFResult(*_nmf.rescale(s, W, H[:n], history, n_iter))
+  weights = None if p.weights is None else pad(p.weights)
+  W, H, history, n_iter = _fit_sharded(
+      U, mask, W0, H0, mu_w, mu_h, weights, mesh=mesh, per_class=False, method=p.method,
+      max_iter=p.max_iter, tol=p.tol, inner=p.inner, beta=p.beta,
+      n_fixed=0 if p.fixed is None else p.fixed.shape[1])
+  return _nmf.NMFResult(*_nmf.rescale(s, W, H[:n], history, n_iter, beta=p.beta))
 
 
 def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0.0, mu_h=0.0,
-                          method: str = "hals", init: str = "nndsvda", max_iter: int = 200,
-                          tol: float = 1e-5, inner_iter: int | None = None) -> _nmf.NMFResult:
+                          method: str | None = None, init: str = "nndsvda", max_iter: int = 200,
+                          tol: float = 1e-5, inner_iter: int | None = None,
+                          beta_loss="frobenius", weights=None, missing: str | None = None,
+                          fixed_atoms=None) -> _nmf.NMFResult:
   """``conejax.nmf_per_class`` with classes over "classes" and each class's rows over "data".
 
   Classes are padded to the largest one (as ``nmf_per_class`` does), initialised on one
@@ -227,35 +239,42 @@ def nmf_per_class_sharded(X, y, rank: int, *, key: jax.Array, mesh: Mesh, mu_w=0
     Other arguments: as in ``conejax.nmf_per_class``.
 
   Returns:
-    ``NMFResult`` with ``W`` (K, m, d), ``H`` (N, d), ``objective`` (K, max_iter),
+    ``NMFResult`` with ``W`` (K, m, d0 + d), ``H`` (N, d0 + d), ``objective`` (K, max_iter),
     ``n_iter`` (K,) and ``classes`` (K,), equal to ``nmf_per_class`` up to rounding.
 
   Raises:
     ValueError: as ``conejax.nmf_per_class``, plus a mesh without ("classes", "data") axes.
   """
   n_classes, n_data = _check_mesh(mesh)
-  method = _check_method(method)
-  X, options, init, (classes, index, mask) = _nmf._check_per_class(
-      X, y, rank, init, method, max_iter, tol, inner_iter, mu_w, mu_h)
-  rank, method, max_iter, tol, inner, mu_w, mu_h = options
+  p, (classes, index, mask) = _nmf_checks.check_per_class(
+      X, y, rank, init, _check_method(method), max_iter, tol, inner_iter, mu_w, mu_h,
+      beta_loss=beta_loss, weights=weights, missing=missing, fixed_atoms=fixed_atoms)
   K = len(classes)
   index, mask = (np.pad(x, [(0, -K % n_classes), (0, 0)], mode="edge") for x in (index, mask))
   keys = jax.random.split(key, K)
   keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], len(index) - K, axis=0)])
-  mask = jnp.asarray(mask, X.dtype)
-  U = X[index] * mask[..., None]
-  s, U, mu_w, mu_h = _nmf.unit_scale_per_class(U, mu_w, mu_h)
-  W0, H0 = _init_factors(keys, U, mask, init=init, rank=rank, per_class=True)
+  mask = jnp.asarray(mask, p.U.dtype)
+  U = p.U[index] * mask[..., None]
+  weights = None if p.weights is None else p.weights[index] * mask[..., None]
+  s, U, mu_w, mu_h = _nmf.unit_scale_per_class(U, p.mu_w, p.mu_h, beta=p.beta,
+                                                weights=weights)
+  W0, H0 = _init_factors(keys, U, mask, weights, p.fixed, init=p.init, rank=p.rank,
+                         per_class=True)
   rows = lambda x: [(0, 0), (0, -x.shape[1] % n_data)] + [(0, 0)] * (x.ndim - 2)
-  place = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
-  U, mask_x, H0 = (place(jnp.pad(x, rows(x)), _CLASS_ROWS) for x in (U, mask, H0))
-  W, H, history, n_iter = _fit_sharded(U, mask_x, W0, H0, mu_w, mu_h, mesh=mesh, per_class=True,
-                                       method=method, max_iter=max_iter, tol=tol, inner=inner)
+  place = lambda x: None if x is None else jax.device_put(jnp.pad(x, rows(x)),
+                                                          NamedSharding(mesh, _CLASS_ROWS))
+  U, mask_x, H0, weights = (place(x) for x in (U, mask, H0, weights))
+  W, H, history, n_iter = _fit_sharded(
+      U, mask_x, W0, H0, mu_w, mu_h, weights, mesh=mesh, per_class=True, method=p.method,
+      max_iter=p.max_iter, tol=p.tol, inner=p.inner, beta=p.beta,
+      n_fixed=0 if p.fixed is None else p.fixed.shape[1])
   index, mask = index[:K], np.asarray(mask[:K], bool)
   H = H[:K, :mask.shape[1]]  # each class's real rows; the rest is padding
   s = s[:K]
-  codes = _nmf.scatter_codes(H, s, index, mask, X.shape[0])
-  return _nmf.NMFResult(W[:K], codes, history[:K] * s[:, None] * s[:, None], n_iter[:K], classes)
+  codes = _nmf.scatter_codes(H, s, index, mask, p.U.shape[0])
+  history = (history[:K] * s[:, None] * s[:, None] if p.beta == 2
+             else history[:K] * s[:, None] ** p.beta)
+  return _nmf.NMFResult(W[:K], codes, history, n_iter[:K], classes)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "mesh", "specs", "options"))

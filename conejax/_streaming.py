@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from tqdm import tqdm
 
-from conejax import _checks, _nmf, _nmf_init, _nmf_steps
+from conejax import _checks, _nmf, _nmf_checks, _nmf_init, _nmf_steps
 
 _INITS = tuple(_nmf_init.INITS)
 _dot = _nmf_steps._dot
@@ -106,8 +106,7 @@ def _partial_fit_jit(state, U, mu_w, mu_h, forget, n_samples, h_iter, w_iter):
   W_new = _sweeps(W, A, B, mu_w * count / n_samples, w_iter)
   # Without penalties (W S, H S^-1) fits as well as (W, H): unit atoms, with A S and S B S
   # standing for the rescaled codes, change nothing but keep W well conditioned.
-  norm = jnp.linalg.norm(W_new, axis=0)
-  scale = jnp.where((norm > 0) & (mu_w == 0) & (mu_h == 0), norm, 1)
+  scale = _nmf_steps.atom_scale(W_new, mu_w, mu_h)
   W_new, A, B = W_new / scale[None], A * scale[None], B * scale[:, None] * scale[None]
   chunk_objective = _nmf_steps.objective_from_stats(jnp.sum(U**2), W, H, A_c, B_c, 0, mu_h)
   return StreamingNMFState(W_new, A, B, count, state.n_seen + U.shape[0], state.n_chunks + 1,
@@ -115,7 +114,7 @@ def _partial_fit_jit(state, U, mu_w, mu_h, forget, n_samples, h_iter, w_iter):
 
 
 def _check_chunk(chunk, m, dtype):
-  chunk = _nmf._check_data(chunk, "chunk")
+  chunk = _nmf_checks.check_data(chunk, "chunk")
   if chunk.shape[0] == 0:
     raise ValueError("chunk has no rows; skip empty chunks.")
   if chunk.shape[1] != m:
@@ -146,7 +145,7 @@ def nmf_minibatch_init(key: jax.Array, chunk, rank: int, *,
   Raises:
     ValueError: on negative, non-finite or non-float data, a bad rank or an unknown init.
   """
-  U = _nmf._check_data(chunk, "chunk")
+  U = _nmf_checks.check_data(chunk, "chunk")
   rank = _checks.check_positive_int(rank, "rank")
   init = _checks.check_choice(init, "init", _INITS)
   n, m = U.shape

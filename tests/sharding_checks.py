@@ -110,6 +110,20 @@ def check_one_all_reduce_per_iteration():
 
 
 @check
+def check_nmf_kl_weights_fixed_1x8():
+  """A beta-divergence, entry weights and fixed atoms through the same core and all-reduce."""
+  W0, H0 = custom_init()
+  weights = (RNG.random(U.shape) > 0.2).astype(np.float32)
+  fixed = RNG.random((M, 2)).astype(np.float32)
+  H0 = np.concatenate([RNG.random((N, 2)).astype(np.float32), H0], axis=1)
+  options = dict(key=KEY, init=(W0, H0), max_iter=30, tol=0, mu_h=0.01, weights=weights,
+                 beta_loss="kullback-leibler", fixed_atoms=fixed)
+  out = _sharding.nmf_sharded(U, D, mesh=MESH_8, **options)
+  assert np.array_equal(np.asarray(out.W[:, :2]), fixed)
+  return same_fit(out, conejax.nmf(U, D, **options), U)
+
+
+@check
 def check_nmf_per_class_hals_2x4():
   options = dict(key=KEY, method="hals", init="nndsvda", max_iter=40)
   out = _sharding.nmf_per_class_sharded(U, Y, 4, mesh=MESH_2x4, **options)

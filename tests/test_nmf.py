@@ -99,20 +99,25 @@ def test_tolerance_stops_early_and_pads_the_history():
   assert (history[n - 2] - history[n - 1]) < 1e-4 * history[n - 2]
 
 
-@pytest.mark.parametrize("method, init", [("mu", "random"), ("hals", "nndsvda"),
-                                          ("anls", "nndsvda"), ("mu", "kmeans")])
-def test_per_class_equals_one_class_at_a_time(method, init):
+@pytest.mark.parametrize("method, init, loss", [
+    ("mu", "random", {}), ("hals", "nndsvda", {}), ("anls", "nndsvda", {}), ("mu", "kmeans", {}),
+    ("mu", "random", dict(beta_loss="kullback-leibler")),
+    ("mu", "nndsvda", dict(beta_loss="itakura-saito", weights=True)),
+])
+def test_per_class_equals_one_class_at_a_time(method, init, loss):
   rng = np.random.default_rng(6)
   X = np.concatenate([_random_data(s, n=n) for s, n in [(7, 30), (8, 45), (9, 12)]])
   y = np.repeat(np.array([5, 2, 9]), [30, 45, 12])
   perm = rng.permutation(len(y))
   X, y = X[perm], y[perm]
-  options = dict(rank=3, method=method, init=init, max_iter=25, tol=0)
-  batched = conejax.nmf_per_class(X, y, key=KEY, **options)
+  weights = rng.random(X.shape) * (rng.random(X.shape) > 0.3) if loss.pop("weights", 0) else None
+  options = dict(rank=3, method=method, init=init, max_iter=25, tol=0, **loss)
+  batched = conejax.nmf_per_class(X, y, key=KEY, weights=weights, **options)
   np.testing.assert_array_equal(batched.classes, [2, 5, 9])
   keys = jax.random.split(KEY, 3)
   for k, label in enumerate(batched.classes):
-    alone = conejax.nmf(X[y == label], key=keys[k], **options)
+    alone = conejax.nmf(X[y == label], key=keys[k], **options,
+                        weights=None if weights is None else weights[y == label])
     np.testing.assert_allclose(batched.W[k], alone.W, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(batched.H[y == label], alone.H, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(batched.objective[k], alone.objective, rtol=1e-9)
@@ -189,6 +194,26 @@ def test_dtype_is_kept_and_jit_does_not_recompile(dtype):
     (dict(init="kmeans", rank=5), "rank 5 exceeds min"),
     (dict(init=(np.ones((4, 2)), np.ones((5, 3)))), "init arrays must have shapes"),
     (dict(tol=-1.0), "tol must be"),
+    # beta-divergences (tests/test_nmf_beta.py)
+    (dict(beta_loss="kl"), "beta_loss must be one of"),
+    (dict(beta_loss=np.inf), "beta_loss must be"),
+    (dict(beta_loss="kullback-leibler", method="hals"), "needs method='mu'"),
+    (dict(beta_loss=1.0, unit_atoms=True), "unit_atoms serves"),
+    (dict(beta_loss="itakura-saito", U=np.eye(5, 4)), "zero entries with a non-zero weight"),
+    (dict(beta_loss="kullback-leibler", U=-np.ones((5, 4))), "negative entries"),
+    # missing values (tests/test_nmf_missing.py)
+    (dict(weights=np.ones((5, 3))), "weights must have U's shape"),
+    (dict(weights=2 * np.ones((5, 4))), r"in \[0, 1\]"),
+    (dict(weights=np.ones((5, 4)), method="hals"), "needs method='mu'"),
+    (dict(missing="nan", method="anls"), "needs method='mu'"),
+    (dict(missing="zero"), "missing must be None or 'nan'"),
+    (dict(U=np.full((5, 4), np.inf), missing="nan"), "contains Inf values"),
+    # fixed atoms and overcomplete dictionaries (tests/test_nmf_fixed.py)
+    (dict(rank=5, init="random", method="anls"), "method='anls' needs at most m = 4"),
+    (dict(fixed_atoms=np.ones((5, 2))), r"fixed_atoms must be \(m, d0\)"),
+    (dict(fixed_atoms=-np.ones((4, 2))), "negative entries"),
+    (dict(fixed_atoms=np.ones((4, 1)), init=(np.ones((4, 2)), np.ones((5, 2)))),
+     "codes of the fixed atoms first"),
 ])
 def test_bad_input_raises_a_clear_error(kwargs, message):
   args = dict(U=np.ones((5, 4)), rank=2)
