@@ -293,7 +293,7 @@ def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False,
   return flat.reshape(batch + (cones.n_classes,))
 
 
-def _check_temperature(temperature):
+def check_temperature(temperature):
   if jnp.ndim(temperature) != 0:
     raise ValueError(f"temperature must be a scalar > 0; got shape {jnp.shape(temperature)}.")
   if _checks.is_concrete(temperature) and not (np.isfinite(float(temperature)) and float(temperature) > 0):
@@ -306,7 +306,7 @@ def log_likelihood(cones: Cones, X, temperature=1.0, **options) -> jax.Array:
 
   ``options`` as in ``distance``, including an operator ``A`` for observations v = A u.
   """
-  temperature = _check_temperature(temperature)
+  temperature = check_temperature(temperature)
   return -distance(cones, X, **options) ** 2 / temperature
 
 
@@ -319,7 +319,7 @@ def predict_proba(cones: Cones, X, temperature=1.0, **options) -> jax.Array:
   ``options`` as in ``distance``, including an operator ``A`` for observations v = A u;
   ``calibrate`` fits the temperature.
   """
-  temperature = _check_temperature(temperature)
+  temperature = check_temperature(temperature)
   D = distance(cones, X, **options)
   nearest = jnp.min(D, axis=-1, keepdims=True)
   logits = -((D - nearest) * (D + nearest)) / temperature

@@ -9,7 +9,9 @@ applying the operator A (m -> k, see ``conejax.operators``) to each atom,
 
 and the estimate is u = W h*. Samples are rows: V is (..., k). With K stacked cones
 (``Cones`` or W of shape (K, m, d)) every sample is coded on every cone (``select="each"``),
-on the cone that explains it best (``"best"``), or on the union of all atoms (``"union"``).
+on the cone that explains it best (``"best"``), on the union of all atoms (``"union"``), or
+on every cone with the estimates weighed by each cone's posterior probability
+(``"posterior"``: the mixture's mean and per-pixel standard deviation).
 Source separation codes a mixture on the union and splits it cone by cone.
 """
 
@@ -23,29 +25,35 @@ import jax.numpy as jnp
 from jax import lax
 
 from conejax import _checks, _loops, _nnls, solvers
-from conejax._cone import Cones
+from conejax._cone import Cones, check_temperature
 from conejax.operators import _base as operators
 
 _HIGHEST = lax.Precision.HIGHEST
 LOSSES = ("l2", "l1")
-SELECTS = ("each", "best", "union")
+SELECTS = ("each", "best", "union", "posterior")
 
 
 class Reconstruction(NamedTuple):
   """Estimates of the signals behind a batch of observations.
 
   Attributes:
-    u: (..., m) estimates W h*, or (..., K, m) with ``select="each"`` on K cones.
-    h: (..., d) codes ((..., K, d) for "each", (..., K d) for "union").
+    u: (..., m) estimates W h*, or (..., K, m) with ``select="each"`` on K cones; with
+      "posterior" the posterior mean sum_k p_k W_k h_k.
+    h: (..., d) codes ((..., K, d) for "each" and "posterior", (..., K d) for "union").
     misfit: (...) or (..., K) data fit at h*: 0.5 ||A W h - v||^2 (l2) or ||A W h - v||_1 (l1).
-    cone: (...) int32 index of the cone used with ``select="best"``; -1 otherwise.
-    converged: (...) or (..., K) bool, whether each solve met its stopping test.
+    cone: (...) int32 index of the cone used with ``select="best"``, of the most probable
+      cone with "posterior"; -1 otherwise.
+    converged: (...) or (..., K) bool, whether each solve met its stopping test (with
+      "posterior", whether all K did).
+    std: (..., m) per-pixel standard deviation of the posterior mixture,
+      sqrt(sum_k p_k (W_k h_k - u)^2), with ``select="posterior"``; None otherwise.
   """
   u: jax.Array
   h: jax.Array
   misfit: jax.Array
   cone: jax.Array
   converged: jax.Array
+  std: jax.Array | None = None
 
 
 def _as_stack(dictionary, mu_h):
@@ -125,34 +133,54 @@ def _guarded(fn, loss):
   return _checks.not_differentiable(fn, _NO_GRAD_L1) if loss == "l1" else fn
 
 
+def posterior_weights(misfit, temperature, loss):
+  """p_k = softmax(-D_k^2 / T) with D_k^2 = 2 misfit_k (l2, as ``predict_proba``) or
+  softmax(-misfit_k / T) (l1), over the last axis, from differences to the smallest."""
+  scaled = misfit * (2 if loss == "l2" else 1)
+  return jax.nn.softmax(-(scaled - jnp.min(scaled, -1, keepdims=True)) / temperature, -1)
+
+
+def _mixture(U, p):
+  """Mean sum_k p_k u_k and per-pixel standard deviation of (N, K, m) U under (N, K) p."""
+  mean = jnp.einsum("nk,nkm->nm", p, U, precision=_HIGHEST)
+  var = jnp.einsum("nk,nkm->nm", p, (U - mean[:, None]) ** 2, precision=_HIGHEST)
+  positive = var > 0
+  return mean, jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1)), 0)  # grad-safe at 0
+
+
 @functools.partial(jax.jit, static_argnames=("loss", "select", "per_sample", "options",
                                              "chunk"))
-def _reconstruct(W, V, A, mu, *, loss, select, per_sample, options, chunk):
+def _reconstruct(W, V, A, mu, temperature, *, loss, select, per_sample, options, chunk):
   options = dict(options)
   K, m, d = W.shape
   if select == "union":
     W = jnp.transpose(W, (1, 0, 2)).reshape(1, m, K * d)
   guard = functools.partial(_guarded, loss=loss)
+  # One cone at a time by lax.map: one solver in the compiled program, whatever K.
   if per_sample:
     solve = guard(lambda A, W_k, V, mu: _solve_per_sample(A, W_k, V, mu, loss, options, chunk))
-    h, converged = zip(*[solve(A, W_k, V, mu) for W_k in W])
-    h = jnp.stack(h, -2)
+    h, converged = lax.map(lambda W_k: solve(A, W_k, V, mu), W)
+    h, converged = jnp.moveaxis(h, 0, -2), jnp.moveaxis(converged, 0, -1)
     AU = jax.vmap(lambda A_i, u: operators.apply(A_i, u))(A, jnp.einsum(
         "nkd,kmd->nkm", h, W, precision=_HIGHEST))
   else:
     B = jax.vmap(operators.apply_to_dictionary, (None, 0))(A, W)
     solve = guard(lambda B_k, V, mu: tuple(_solve_shared(B_k, V, mu, loss, options)[::3]))
-    h, converged = zip(*[solve(B_k, V, mu) for B_k in B])
-    h = jnp.stack(h, -2)
+    h, converged = lax.map(lambda B_k: solve(B_k, V, mu), B)
+    h, converged = jnp.moveaxis(h, 0, -2), jnp.moveaxis(converged, 0, -1)
     AU = jnp.einsum("nkd,kcd->nkc", h, B, precision=_HIGHEST)
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
-  converged = jnp.stack(converged, -1)
   misfit = _misfit(AU - V[:, None], loss)
   none = jnp.full(V.shape[:1], -1, jnp.int32)
   if select == "each":
     return Reconstruction(U, h, misfit, none, converged)
   if select == "union":
     return Reconstruction(U[:, 0], h[:, 0], misfit[:, 0], none, converged[:, 0])
+  if select == "posterior":
+    p = posterior_weights(misfit, temperature, loss)
+    mean, std = _mixture(U, p)
+    return Reconstruction(mean, h, misfit, jnp.argmax(p, -1).astype(jnp.int32),
+                          jnp.all(converged, -1), std)
   objective = misfit + mu * jnp.sum(h, axis=-1)
   best = jnp.argmin(objective, axis=-1).astype(jnp.int32)
   pick = lambda x: jnp.take_along_axis(x, best.reshape((-1, 1) + (1,) * (x.ndim - 2)), 1)[:, 0]
@@ -173,7 +201,8 @@ def _is_single_operator(A, dtype) -> bool:
 def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: str = "each",
                 per_sample_operator: bool = False, max_iter: int | None = None,
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
-                differentiation: str = "implicit", solver="auto") -> Reconstruction:
+                differentiation: str = "implicit", solver="auto",
+                temperature=None) -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
@@ -190,7 +219,11 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     loss: "l2" (least squares, ``conejax.nnls``) or "l1" (least absolute deviations,
       ``conejax.nnls_l1``).
     select: with K cones, "each" codes on every cone, "best" keeps per sample the cone of
-      smallest objective, "union" codes once on all K d atoms together.
+      smallest objective, "union" codes once on all K d atoms together, "posterior" codes
+      on every cone and returns the posterior mean sum_k p_k W_k h_k and per-pixel standard
+      deviation (``std``), p = softmax(-D^2 / temperature) with D_k^2 = ||A W_k h_k - v||^2
+      (the probabilities of ``predict_proba(cones, v, A=A, temperature=temperature)``;
+      softmax(-||A W_k h_k - v||_1 / temperature) for the l1 loss).
     per_sample_operator: whether A holds one operator per sample. With the l2 loss these
       are solved matrix-free (step sizes from 30 power iterations with a 10% margin).
     max_iter: iteration cap of a named solver; None is its default.
@@ -205,6 +238,9 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       ``ActiveSet`` for the l2 loss with one operator, matrix-free ``APG`` for per-sample
       operators (or ``differentiation="unroll"``) and ``PDHG`` for the l1 loss; "apg" and
       "admm" are the iterative alternatives for the shared-operator l2 loss.
+    temperature: () > 0, required by ``select="posterior"`` (only): from
+      ``conejax.calibrate``, or 2 sigma^2 for Gaussian noise of standard deviation sigma
+      (the likelihood exp(-||A u - v||^2 / (2 sigma^2))).
 
   Returns:
     ``Reconstruction`` (u, h, misfit, cone, converged); see its fields for shapes. A single sample
@@ -225,6 +261,12 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}.")
   if select not in SELECTS:
     raise ValueError(f"select must be one of {SELECTS}; got {select!r}.")
+  if (select == "posterior") != (temperature is not None):
+    raise ValueError("temperature goes with select='posterior' (and it needs one): pass "
+                     "temperature=conejax.calibrate(cones, X_val, y_val) or 2 sigma^2 for noise "
+                     f"sigma; got select={select!r}, temperature={temperature!r}.")
+  temperature = (check_temperature(temperature) if temperature is not None
+                 else jnp.ones(()))
   W, mu_h, single_dictionary = _as_stack(dictionary, mu_h)
   V = _checks.as_float_array(V, "V")
   _checks.check_finite(V, "V")
@@ -265,13 +307,16 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   options = dict(solver=solver, batch_size=batch_size)
   if loss == "l2":
     options.update(differentiation=differentiation, penalty="absolute")
-  out = _reconstruct(W.astype(dtype), V.astype(dtype), A, mu, loss=loss, select=select,
+  out = _reconstruct(W.astype(dtype), V.astype(dtype), A, mu, temperature.astype(dtype),
+                     loss=loss, select=select,
                      per_sample=bool(per_sample_operator),
                      options=tuple(sorted(options.items())),
                      chunk=_checks.check_positive_int(chunk_size, "chunk_size"))
   if single_dictionary and select == "each":
     out = Reconstruction(out.u[:, 0], out.h[:, 0], out.misfit[:, 0], out.cone,
                          out.converged[:, 0])
+  elif single_dictionary and select == "posterior":
+    out = out._replace(h=out.h[:, 0], misfit=out.misfit[:, 0])
   if single_sample:
     out = jax.tree.map(lambda x: x[0], out)
   solvers.warn_if_not_converged(out, "reconstruct")

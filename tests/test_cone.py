@@ -169,7 +169,8 @@ def _image_cones(dtype, mu_h=0.05):
 
 
 def _dense_cones(cones, A):
-  B = np.asarray(operators.materialise(A, dtype=jnp.float64)) @ np.asarray(cones.W, np.float64)
+  dense = operators.materialise(A, dtype=cones.W.dtype)
+  B = np.asarray(dense, np.float64) @ np.asarray(cones.W, np.float64)
   return conejax.make_cones(np.maximum(B, 0).astype(cones.W.dtype), cones.mu_h)
 
 

@@ -159,6 +159,62 @@ def test_separate_equals_nnls_on_the_concatenated_dictionary():
     np.testing.assert_allclose(p, [W[0] @ h[:4], W[1] @ h[4:]], atol=1e-7)
 
 
+def _posterior_reference(W, V, A, T, loss="l2"):
+  """Mean and std of the mixture of the per-cone estimates under softmax(-D^2 / T), numpy."""
+  each = conejax.reconstruct(W, V, A, loss=loss, select="each")
+  U = np.asarray(each.u, np.float64)
+  dense = np.asarray(operators.materialise(A, dtype=np.asarray(V).dtype), np.float64)
+  R = np.einsum("cm,nkm->nkc", dense, U) - np.asarray(V, np.float64)[:, None]
+  energy = np.sum(R**2, -1) if loss == "l2" else np.sum(np.abs(R), -1)
+  logits = -energy / T
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  mean = np.einsum("nk,nkm->nm", p, U)
+  std = np.sqrt(np.einsum("nk,nkm->nm", p, (U - mean[:, None]) ** 2))
+  return p, mean, std, each
+
+
+@pytest.mark.parametrize("dtype, transform", [(np.float32, lambda f: f), (np.float64, jax.jit)],
+                         ids=["float32-eager", "float64-jit"])
+def test_posterior_is_the_mixture_of_the_cones_estimates(dtype, transform):
+  with jax.enable_x64(dtype == np.float64):
+    W, U, rng = _problem(9, dtype)
+    A = _operators(rng)["downsample"]
+    V = (operators.apply(A, U) + 0.05 * rng.standard_normal((len(U), A.out_size))).astype(dtype)
+    cones = conejax.make_cones(W, 0.02)
+    T = dtype(0.05)
+    out = transform(lambda V: conejax.reconstruct(cones, V, A, select="posterior",
+                                                  temperature=T))(V)
+    p, mean, std, each = _posterior_reference(cones, V, A, T)
+    tol = 1e-4 if dtype == np.float32 else 1e-9
+    assert out.u.dtype == dtype and out.std.shape == (len(V), M) and out.h.shape == (6, 3, 4)
+    assert 0.05 < np.mean(p.max(1)) < 0.999                # a real mixture, not one-hot
+    np.testing.assert_allclose(out.u, mean, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out.std, std, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(out.cone, np.argmax(p, 1))
+    np.testing.assert_allclose(out.misfit, each.misfit, rtol=tol)
+    # the weights are predict_proba's through the same operator and temperature
+    np.testing.assert_allclose(conejax.predict_proba(cones, V, A=A, temperature=T), p,
+                               rtol=10 * tol, atol=tol)
+    assert conejax.reconstruct(cones, V, A, select="each").std is None
+
+
+def test_posterior_with_the_l1_loss_and_per_sample_masks():
+  W, U, rng = _problem(10, np.float64)
+  A = _operators(rng)["mask"]
+  V = operators.apply(A, U) + 0.05 * rng.random(U.shape)
+  out = conejax.reconstruct(W, V, A, loss="l1", select="posterior", temperature=0.2)
+  p, mean, std, _ = _posterior_reference(W, V, A, 0.2, loss="l1")
+  np.testing.assert_allclose(out.u, mean, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(out.std, std, rtol=1e-6, atol=1e-8)
+  masks = jax.vmap(operators.mask)(jnp.broadcast_to(A.weights, U.shape))
+  batched = conejax.reconstruct(W, V, masks, per_sample_operator=True, select="posterior",
+                                temperature=0.2, tol=1e-12, max_iter=50000)
+  shared = conejax.reconstruct(W, V, A, select="posterior", temperature=0.2)
+  np.testing.assert_allclose(batched.u, shared.u, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(batched.std, shared.std, rtol=1e-4, atol=1e-6)
+
+
 def test_bad_input():
   W, U, rng = _problem(8, np.float32)
   A = operators.downsample(2, IMAGE)
@@ -166,6 +222,12 @@ def test_bad_input():
     conejax.reconstruct(W, U, loss="huber")
   with pytest.raises(ValueError, match="select must be one of"):
     conejax.reconstruct(W, U, select="all")
+  with pytest.raises(ValueError, match="temperature goes with select='posterior'"):
+    conejax.reconstruct(W, U, select="posterior")
+  with pytest.raises(ValueError, match="temperature goes with select='posterior'"):
+    conejax.reconstruct(W, U, temperature=1.0)
+  with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+    conejax.reconstruct(W, U, select="posterior", temperature=0.0)
   with pytest.raises(ValueError, match="atoms have size"):
     conejax.reconstruct(W, U, operators.identity(M + 1))
   with pytest.raises(ValueError, match=r"V must have shape \(N, 6\)"):
