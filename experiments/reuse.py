@@ -1,0 +1,566 @@
+"""Reuse across tasks: degraded MNIST, transfer to load_digits, calibration and uncertainty.
+
+    python experiments/reuse.py --quick    # embedded MNIST subset, small sizes (main job)
+    python experiments/reuse.py            # full: ../shared/data/mnist.npz (--data PATH)
+    python experiments/reuse.py --tables   # re-render results/reuse.md and docs/reuse.md
+
+Cones trained once on clean MNIST serve tasks they were never trained for (issue 17):
+
+1. degraded MNIST (2x / 4x pooling, 50% / 80% missing pixels with one mask per image, the
+   5x5 box blur + noise 0.01, Gaussian sensing k = 100 / 200): accuracy of the clean cones
+   through A (``conejax.predict(cones, V, A=A)``) against a clean-trained MLP and logistic
+   regression (scikit-learn) on the naive inverse (bicubic upsampling, zero fill, the
+   blurred image, minimum-norm least squares) and against cones retrained on degraded data;
+2. transfer to scikit-learn's 8 x 8 ``load_digits`` through ``operators.resize`` of the
+   central 20 x 20 MNIST box: zero-shot, few-shot (1..20 labelled digits per class over
+   several draws: the transferred cones with the labelled digits added as atoms, or refined
+   by warm-started NMF on them, against cones from scratch, logistic regression and an SVC)
+   and all training digits;
+3. calibration: ``conejax.calibrate`` on a validation split, expected calibration error
+   (15 bins) and a reliability diagram beside the MLP's;
+4. uncertainty: ``reconstruct(..., select="posterior")`` on 80% missing pixels and 4x
+   super-resolution, with the temperature calibrated through the operator; the error of
+   the 10% of pixels with the largest predicted standard deviation against the 50% with the
+   smallest, and the Spearman correlation of each image's predicted variance with its error.
+
+scikit-learn runs in a subprocess whose environment drops OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE (as experiments/bench_nnls.py does). Writes results/reuse.{json,md} and
+PNGs (results/reuse_quick.* with --quick) and the tables of docs/reuse.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+import conejax
+from conejax import operators
+from conejax.data import load_mnist
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHAPE, M = (28, 28), 784
+BOX = np.ones((5, 5)) / 25
+PEER_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# Every batch that goes through the cones has n_test rows where it can (validation splits
+# too): one compiled program per operator, since compiling the exact solver dominates the
+# quick form's time.
+SIZES = {
+    "full": dict(n_train=10_000, n_val=1000, n_test=1000, rank=64, n_retrain=5000,
+                 draws=10, shots=(1, 2, 5, 10, 20), mlp_iter=200,
+                 tasks=("pool2", "pool4", "missing50", "missing80", "blur", "sensing100",
+                        "sensing200"), retrain=True, uncertainty=("missing80", "pool4"),
+                 digits_methods=("exemplars", "warm_nmf", "scratch"), all_digits=True),
+    "quick": dict(n_train=2000, n_val=200, n_test=200, rank=16, n_retrain=0,
+                  draws=3, shots=(5,), mlp_iter=20, tasks=("pool4",), retrain=False,
+                  uncertainty=("pool4",), digits_methods=("exemplars",),
+                  all_digits=False),
+}
+TASKS = {  # name: (label, kind, parameter)
+    "pool2": ("2x average pooling", "pool", 2),
+    "pool4": ("4x average pooling", "pool", 4),
+    "missing50": ("50% missing pixels", "missing", 0.5),
+    "missing80": ("80% missing pixels", "missing", 0.8),
+    "blur": ("5x5 box blur + noise 0.01", "blur", 0.01),
+    "sensing100": ("Gaussian sensing k=100", "sensing", 100),
+    "sensing200": ("Gaussian sensing k=200", "sensing", 200),
+}
+NAIVE = {"pool": "bicubic upsampling", "missing": "zero fill", "blur": "the blurred image",
+         "sensing": "minimum-norm least squares"}
+
+
+def timed(fn):
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- degradations
+
+
+def degrade(task, U, rng):
+  """Observations of the rows of U: dict(V, A, per_sample) for ``conejax.distance``."""
+  _, kind, p = TASKS[task]
+  if kind == "pool":
+    A = operators.downsample(p, SHAPE)
+    return dict(V=np.asarray(operators.apply(A, U)), A=A, per_sample=False)
+  if kind == "missing":
+    keep = (rng.random(U.shape) >= p).astype(np.float32)
+    return dict(V=U * keep, A=jax.vmap(operators.mask)(jnp.asarray(keep)), per_sample=True,
+                keep=keep)
+  if kind == "blur":
+    A = operators.blur(BOX, SHAPE, boundary="zero")
+    V = np.asarray(operators.apply(A, U)) + p * rng.standard_normal(U.shape)
+    return dict(V=V.astype(np.float32), A=A, per_sample=False)
+  A = operators.gaussian_sensing(jax.random.key(p), p, M)
+  return dict(V=np.asarray(operators.apply(A, U)), A=A, per_sample=False)
+
+
+def naive_inverse(task, obs):
+  """The naive estimate in the 28 x 28 space, for the clean-trained MLP and regression."""
+  from skimage import transform
+  _, kind, p = TASKS[task]
+  if kind == "pool":
+    small = (28 // p, 28 // p)
+    return np.stack([transform.resize(v.reshape(small), SHAPE, order=3, mode="edge").reshape(-1)
+                     for v in obs["V"]]).astype(np.float32)
+  if kind == "sensing":
+    dense = np.asarray(operators.materialise(obs["A"]), np.float64)  # the baseline needs it
+    return (obs["V"] @ np.linalg.pinv(dense).T).astype(np.float32)
+  return obs["V"]
+
+
+def options(obs):
+  return dict(A=obs["A"], per_sample_operator=obs["per_sample"])
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+
+
+def peer_main(in_path, out_path):
+  """Subprocess side: the MNIST MLP and logistic regression, and the digits' LR and SVC."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.neural_network import MLPClassifier
+  from sklearn.svm import SVC
+  import warnings
+  warnings.filterwarnings("ignore")
+  out = {}
+  with np.load(in_path, allow_pickle=False) as job:
+    x, y = job["x_train"], job["y_train"]
+    for name, make in [("mlp", lambda: MLPClassifier((256,), max_iter=int(job["mlp_iter"]),
+                                                     random_state=0)),
+                       ("logistic", lambda: LogisticRegression(max_iter=1000))]:
+      start = time.perf_counter()
+      model = make().fit(x, y)
+      out[f"{name}_seconds"] = time.perf_counter() - start
+      for key in job.files:
+        if key.startswith("test_"):
+          out[f"{name}_pred_{key[5:]}"] = model.predict(job[key])
+      out[f"{name}_proba_clean"] = model.predict_proba(job["test_clean"])
+    for i in range(int(job["n_digits"])):
+      xs, ys = job[f"digits_x_{i}"], job[f"digits_y_{i}"]
+      for name, make in [("logistic", lambda: LogisticRegression(max_iter=1000)),
+                         ("svc", lambda: SVC())]:
+        start = time.perf_counter()
+        model = make().fit(xs, ys)
+        out[f"digits_{name}_seconds_{i}"] = time.perf_counter() - start
+        out[f"digits_{name}_acc_{i}"] = float(np.mean(model.predict(job["digits_test"]) ==
+                                                      job["digits_test_y"]))
+  out["cpu_seconds"] = time.process_time()
+  np.savez(out_path, **out)
+
+
+def run_peers(arrays):
+  env = {k: v for k, v in os.environ.items() if k not in PEER_ENV_DROP}
+  with tempfile.TemporaryDirectory() as tmp:
+    src, dst = pathlib.Path(tmp, "job.npz"), pathlib.Path(tmp, "out.npz")
+    np.savez(src, **arrays)
+    subprocess.run([sys.executable, __file__, "--peer", str(src), str(dst)], env=env,
+                   check=True)
+    with np.load(dst, allow_pickle=False) as out:
+      return {k: out[k] for k in out.files}
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def ece(proba, y, bins=15):
+  """Expected calibration error of the top probability, equal-width bins, and the diagram."""
+  confidence, correct = proba.max(1), (proba.argmax(1) == y)
+  edges = np.linspace(0, 1, bins + 1)
+  which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+  total, curve = 0.0, []
+  for b in range(bins):
+    sel = which == b
+    if sel.any():
+      total += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
+      curve.append((float(confidence[sel].mean()), float(correct[sel].mean()), int(sel.sum())))
+  return float(total), curve
+
+
+def nll(proba, y):
+  return float(-np.mean(np.log(np.maximum(proba[np.arange(len(y)), y], 1e-300))))
+
+
+def uncertainty_metrics(u, std, truth):
+  """Pixels: MAE of the top 10% by predicted std over the bottom 50%; images: Spearman."""
+  from scipy.stats import spearmanr
+  error = np.abs(u - truth).reshape(-1)
+  order = np.argsort(std.reshape(-1), kind="stable")
+  n = order.size
+  low, high = error[order[: n // 2]].mean(), error[order[-n // 10:]].mean()
+  rho = spearmanr((std**2).sum(1), ((u - truth) ** 2).sum(1)).statistic
+  return dict(mae_top10_std=float(high), mae_bottom50_std=float(low),
+              ratio=float(high / max(low, 1e-30)), spearman=float(rho))
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def degraded_mnist(ctx, cones, data, rng):
+  """Accuracy of the clean cones through A, and of cones retrained on degraded data."""
+  size, rows = ctx["size"], []
+  x_train, y_train, x_test, y_test = data
+  naive = {}
+  for task in tqdm(size["tasks"], desc="degraded MNIST", leave=False):
+    obs = degrade(task, x_test, rng)
+    predicted, seconds = timed(lambda: conejax.predict(cones, obs["V"], **options(obs)))
+    row = dict(task=task, label=TASKS[task][0], naive=NAIVE[TASKS[task][1]],
+               cones_through_A=float(np.mean(predicted == y_test)), cones_seconds=seconds)
+    naive[task] = naive_inverse(task, obs)
+    if size["retrain"] and TASKS[task][1] != "sensing":
+      n = size["n_retrain"]
+      train_obs = degrade(task, x_train[:n], rng)
+      retrained, fit_s = timed(lambda: conejax.fit_cones(
+          np.maximum(train_obs["V"], 0), y_train[:n], size["rank"], key=jax.random.key(1)))
+      V = np.maximum(obs["V"], 0)
+      row.update(retrained_cones=float(np.mean(conejax.predict(retrained, V) == y_test)),
+                 retrained_seconds=fit_s, retrained_n_train=n)
+    rows.append(row)
+  return rows, naive
+
+
+def transfer_digits(ctx, cones):
+  """Zero-shot and few-shot transfer of the MNIST cones to load_digits through resize."""
+  from sklearn.datasets import load_digits
+  size = ctx["size"]
+  X, y = load_digits(return_X_y=True)
+  X = (X / 16.0).astype(np.float32)
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(y))
+  pool, test = order[: len(y) // 2], order[len(y) // 2:]
+  crop = np.arange(M).reshape(SHAPE)[4:24, 4:24].reshape(-1)
+  A = operators.resize((20, 20), (8, 8)) @ operators.subsample(crop, M)
+  A_full = operators.resize(SHAPE, (8, 8))
+  rows = [dict(method="transfer zero-shot (central 20x20 box -> 8x8)", shots=0,
+               accuracy=float(conejax.score(cones, X[test], y[test], A=A)), seconds=0.0)]
+  if size["all_digits"]:
+    rows.append(dict(method="transfer zero-shot (whole 28x28 -> 8x8)", shots=0, seconds=0.0,
+                     accuracy=float(conejax.score(cones, X[test], y[test], A=A_full))))
+  seen = jax.vmap(lambda W: operators.apply_to_dictionary(A, W))(cones.W)   # (K, 64, d)
+  seen = np.asarray(seen / jnp.linalg.norm(seen, axis=1, keepdims=True))
+  peers = {}
+
+  def exemplars(Xs, ys):
+    """The transferred atoms of each class with its labelled digits added as atoms."""
+    n = min(np.sum(ys == k) for k in range(10))
+    extra = np.stack([Xs[ys == k][:n].T for k in range(10)])
+    extra = extra / np.maximum(np.linalg.norm(extra, axis=1, keepdims=True), 1e-12)
+    return conejax.make_cones(np.concatenate([seen, extra], axis=2), cones.mu_h)
+
+  def warm_nmf(Xs, ys):
+    """Each transferred cone refined by 20 multiplicative updates on its labelled digits."""
+    W = []
+    for k in range(10):
+      U = Xs[ys == k]
+      H0 = np.asarray(conejax.codes(conejax.make_cones(seen[k]), U))[:, 0]
+      fit = conejax.nmf(U, seen.shape[2], key=jax.random.key(k), init=(seen[k], H0),
+                        method="mu", max_iter=20, tol=0.0, unit_atoms=True)
+      W.append(np.asarray(fit.W))
+    return conejax.make_cones(np.stack(W), cones.mu_h)
+
+  def scratch(Xs, ys):
+    n = min(np.sum(ys == k) for k in range(10))
+    return conejax.fit_cones(Xs, ys, min(n, 32), key=jax.random.key(2))
+
+  methods = {"transfer + labelled digits as atoms": exemplars,
+             "transfer + warm-started NMF (20 MU)": warm_nmf,
+             "cones from scratch": scratch}
+  methods = {name: fn for name, fn in methods.items()
+             if fn.__name__ in size["digits_methods"]}
+  draws = [(n, d) for n in size["shots"] for d in range(size["draws"])]
+  draws += [("all", 0)] if size["all_digits"] else []
+  picks = []
+  for n, d in tqdm(draws, desc="digits few-shot", leave=False):
+    if n == "all":
+      pick = pool
+    else:
+      r = np.random.default_rng(100 + d)
+      pick = np.concatenate([r.choice(pool[y[pool] == k], n, replace=False) for k in range(10)])
+    picks.append(pick)
+    for name, fn in methods.items():
+      fitted, seconds = timed(lambda: fn(X[pick], y[pick]))
+      rows.append(dict(method=name, shots=n, draw=d, seconds=seconds,
+                       accuracy=float(conejax.score(fitted, X[test], y[test]))))
+  for i, pick in enumerate(picks):
+    peers[f"digits_x_{i}"], peers[f"digits_y_{i}"] = X[pick], y[pick]
+  peers.update(n_digits=len(picks), digits_test=X[test], digits_test_y=y[test])
+  return rows, peers, draws
+
+
+def calibration(cones, x_val, y_val, x_test, y_test):
+  T, seconds = timed(lambda: conejax.calibrate(cones, x_val, y_val))
+  out = dict(temperature=float(T), seconds=seconds)
+  for name, t in [("cones calibrated", T), ("cones T=1", 1.0)]:
+    p = np.asarray(conejax.predict_proba(cones, x_test, temperature=t), np.float64)
+    e, curve = ece(p, y_test)
+    out[name] = dict(ece=e, nll=nll(p, y_test), accuracy=float(np.mean(p.argmax(1) == y_test)),
+                     curve=curve)
+  return out
+
+
+def uncertainty(ctx, cones, data, rng):
+  x_train, y_train, x_test, y_test = data
+  size, rows, maps = ctx["size"], [], {}
+  n = len(x_test)
+  val, y_val = x_train[-size["n_val"]:], y_train[-size["n_val"]:]
+  for task in tqdm(size["uncertainty"], desc="uncertainty", leave=False):
+    obs_val, obs = degrade(task, val, rng), degrade(task, x_test, rng)
+    test = x_test
+    T = conejax.calibrate(cones, obs_val["V"], y_val, **options(obs_val))
+    out, seconds = timed(lambda: conejax.reconstruct(
+        cones, obs["V"], obs["A"], per_sample_operator=obs["per_sample"], select="posterior",
+        temperature=T))
+    u, std = np.asarray(out.u), np.asarray(out.std)
+    rows.append(dict(task=task, label=TASKS[task][0], temperature=float(T), seconds=seconds,
+                     n=n, psnr=float(np.mean(10 * np.log10(1 / np.maximum(
+                         np.mean((u - test) ** 2, 1), 1e-12)))),
+                     **uncertainty_metrics(u, std, test)))
+    maps[task] = (test[:6], naive_inverse(task, obs)[:6], u[:6], std[:6])
+  return rows, maps
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figures(result, maps, prefix):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cal = result["calibration"]
+  fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+  for ax, name in zip(axes, ["cones T=1", "cones calibrated", "mlp"]):
+    curve = np.array(cal[name]["curve"])
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.bar(curve[:, 0], curve[:, 1], width=1 / 15, alpha=0.6, edgecolor="k")
+    ax.set(title=f"{name}: ECE {100 * cal[name]['ece']:.2f}%", xlabel="confidence",
+           ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+  fig.tight_layout()
+  fig.savefig(f"{prefix}_reliability.png", dpi=110)
+  plt.close(fig)
+  for task, (truth, naive, u, std) in maps.items():
+    fig, axes = plt.subplots(5, 6, figsize=(7, 6))
+    for j in range(6):
+      for i, (img, title) in enumerate([(truth, "truth"), (naive, "observed"), (u, "mean"),
+                                        (std, "std"), (np.abs(u - truth), "|error|")]):
+        axes[i, j].imshow(img[j].reshape(SHAPE), cmap="gray" if i < 3 else "magma")
+        axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+        if j == 0:
+          axes[i, j].set_ylabel(title)
+    fig.suptitle(f"posterior reconstruction: {TASKS[task][0]}")
+    fig.tight_layout()
+    fig.savefig(f"{prefix}_uncertainty_{task}.png", dpi=110)
+    plt.close(fig)
+  shots = [r for r in result["digits"]["summary"] if r["shots"] not in (0, "all")]
+  if shots:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method in sorted({r["method"] for r in shots}):
+      rs = sorted((r for r in shots if r["method"] == method), key=lambda r: r["shots"])
+      ax.errorbar([r["shots"] for r in rs], [r["mean"] for r in rs],
+                  yerr=[r["std"] for r in rs], label=method, capsize=3, marker="o")
+    ax.set(xscale="log", xlabel="labelled digits per class", ylabel="test accuracy",
+           title="load_digits few-shot")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"{prefix}_fewshot.png", dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def targets(result):
+  """The issue's four targets as measured: list of dict(target, value, met)."""
+  rows = {r["task"]: r for r in result["degraded"]}
+  clean, out = result["clean_accuracy"]["cones"], []
+  for task in ("pool2", "missing50", "blur"):
+    if task in rows:
+      loss = clean - rows[task]["cones_through_A"]
+      out.append(dict(target=f"{TASKS[task][0]}: cones through A lose <= 3 points",
+                      value=f"{100 * loss:.1f} points", met=bool(loss <= 0.03)))
+  for task in ("pool4", "missing80"):
+    if task in rows:
+      gain = rows[task]["cones_through_A"] - rows[task]["mlp_naive"]
+      out.append(dict(target=f"{TASKS[task][0]}: cones through A beat the MLP on the naive "
+                             "inverse by >= 10 points", value=f"{100 * gain:+.1f} points",
+                      met=bool(gain >= 0.10)))
+  five = {r["method"]: r["mean"] for r in result["digits"]["summary"] if r["shots"] == 5}
+  if five:
+    best_transfer = max(v for k, v in five.items() if k.startswith("transfer"))
+    margin = best_transfer - max(five.get(k, 0) for k in ("cones from scratch", "logistic",
+                                                           "svc"))
+    out.append(dict(target="digits, 5 per class: transferred cones beat scratch cones, LR and "
+                           "SVC by >= 5 points", value=f"{100 * margin:+.1f} points",
+                    met=bool(margin >= 0.05)))
+  cal = result["calibration"]
+  e, e_mlp = cal["cones calibrated"]["ece"], cal["mlp"]["ece"]
+  out.append(dict(target="calibrated cones: ECE <= 1.5% and <= the MLP's",
+                  value=f"{100 * e:.2f}% (MLP {100 * e_mlp:.2f}%)",
+                  met=bool(e <= 0.015 and e <= e_mlp)))
+  for r in result["uncertainty"]:
+    out.append(dict(target=f"{r['label']}: top-10% std pixels carry >= 3x the MAE of the "
+                           "bottom 50%; Spearman(variance, error) >= 0.5",
+                    value=f"{r['ratio']:.1f}x, rho {r['spearman']:.2f}",
+                    met=bool(r["ratio"] >= 3 and r["spearman"] >= 0.5)))
+  return out
+
+
+def markdown(result):
+  pct = lambda x: "" if x is None else f"{100 * x:.1f}"
+  c = result["clean_accuracy"]
+  lines = [f"Mode `{result['mode']}`; cones: rank {result['config']['rank']} per class, "
+           f"{result['config']['n_train']} MNIST training digits; "
+           f"{result['config']['n_test']} test digits. Clean test accuracy: cones "
+           f"{pct(c['cones'])}%, MLP {pct(c['mlp'])}%, logistic regression "
+           f"{pct(c['logistic'])}%.", "",
+           "| degradation | clean cones through A | MLP on naive inverse | logistic on naive "
+           "inverse | naive inverse | cones retrained on degraded data |",
+           "|---|---|---|---|---|---|"]
+  for r in result["degraded"]:
+    lines.append(f"| {r['label']} | {pct(r['cones_through_A'])} | {pct(r['mlp_naive'])} | "
+                 f"{pct(r['logistic_naive'])} | {r['naive']} | "
+                 f"{pct(r.get('retrained_cones')) or 'n/a'} |")
+  lines += ["", "| load_digits method | labelled per class | accuracy (mean +- std over draws) | "
+            "training seconds |", "|---|---|---|---|"]
+  for r in result["digits"]["summary"]:
+    lines.append(f"| {r['method']} | {r['shots']} | {pct(r['mean'])} +- {pct(r['std'])} | "
+                 f"{r['seconds']:.3f} |")
+  cal = result["calibration"]
+  lines += ["", f"Calibration (temperature {cal['temperature']:.4g} fitted on "
+            f"{result['config']['n_val']} validation digits):", "",
+            "| model | ECE (15 bins) | NLL | accuracy |", "|---|---|---|---|"]
+  for name in ("cones T=1", "cones calibrated", "mlp"):
+    lines.append(f"| {name} | {100 * cal[name]['ece']:.2f}% | {cal[name]['nll']:.3f} | "
+                 f"{pct(cal[name]['accuracy'])} |")
+  lines += ["", "| posterior reconstruction | T (calibrated through A) | PSNR | MAE top-10% std | "
+            "MAE bottom-50% std | ratio | Spearman |", "|---|---|---|---|---|---|---|"]
+  for r in result["uncertainty"]:
+    lines.append(f"| {r['label']} | {r['temperature']:.4g} | {r['psnr']:.2f} | "
+                 f"{r['mae_top10_std']:.4f} | {r['mae_bottom50_std']:.4f} | {r['ratio']:.1f} | "
+                 f"{r['spearman']:.2f} |")
+  lines += ["", "| target | measured | met |", "|---|---|---|"]
+  lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'no'} |"
+            for t in result["targets"]]
+  return "\n".join(lines) + "\n"
+
+
+def write_docs(result, path=ROOT / "docs" / "reuse.md"):
+  """Replaces the generated block of docs/reuse.md with the tables of ``result``."""
+  if not path.exists():
+    return
+  start, end = "<!-- reuse-tables: start -->", "<!-- reuse-tables: end -->"
+  text = path.read_text()
+  if start in text and end in text:
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + "\n" + markdown(result) + end + rest.split(end, 1)[1])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def summarise(rows, peers_out, draws):
+  """Mean and spread per (method, shots) of the digits rows and the scikit-learn peers."""
+  for i, (n, d) in enumerate(draws):
+    for name in ("logistic", "svc"):
+      rows.append(dict(method=name, shots=n, draw=d,
+                       seconds=float(peers_out[f"digits_{name}_seconds_{i}"]),
+                       accuracy=float(peers_out[f"digits_{name}_acc_{i}"])))
+  summary = []
+  for key in dict.fromkeys((r["method"], r["shots"]) for r in rows):
+    acc = [r["accuracy"] for r in rows if (r["method"], r["shots"]) == key]
+    sec = [r["seconds"] for r in rows if (r["method"], r["shots"]) == key]
+    summary.append(dict(method=key[0], shots=key[1], mean=float(np.mean(acc)),
+                        std=float(np.std(acc)), draws=len(acc), seconds=float(np.mean(sec))))
+  return summary
+
+
+def run(mode, data_path, out_dir):
+  size = SIZES[mode]
+  ctx = dict(size=size)
+  x_train, y_train, x_test, y_test = load_mnist(None if mode == "quick" else data_path)
+  rng = np.random.default_rng(0)
+  perm = rng.permutation(len(y_train))
+  val = perm[-size["n_val"]:]
+  train = perm[: size["n_train"]]
+  test = rng.permutation(len(y_test))[: size["n_test"]]
+  x_val, y_val = x_train[val], y_train[val]
+  x_train, y_train, x_test, y_test = x_train[train], y_train[train], x_test[test], y_test[test]
+  data = (x_train, y_train, x_test, y_test)
+  start, cpu = time.perf_counter(), time.process_time()
+  cones, fit_s = timed(lambda: conejax.fit_cones(x_train, y_train, size["rank"],
+                                                 key=jax.random.key(0)))
+  result = dict(mode=mode, config=dict(size, n_train=len(y_train)), fit_seconds=fit_s)
+  clean = float(conejax.score(cones, x_test, y_test))
+  degraded, naive = degraded_mnist(ctx, cones, data, rng)
+  digits_rows, peers, draws = transfer_digits(ctx, cones)
+  result["calibration"] = calibration(cones, x_val, y_val, x_test, y_test)
+  result["uncertainty"], maps = uncertainty(ctx, cones, (np.concatenate([x_train, x_val]),
+                                                         np.concatenate([y_train, y_val]),
+                                                         x_test, y_test), rng)
+  peers.update(x_train=x_train, y_train=y_train, test_clean=x_test, mlp_iter=size["mlp_iter"],
+               **{f"test_{task}": v for task, v in naive.items()})
+  peers_out = run_peers(peers)
+  for r in degraded:
+    for name in ("mlp", "logistic"):
+      r[f"{name}_naive"] = float(np.mean(peers_out[f"{name}_pred_{r['task']}"] == y_test))
+  result["degraded"] = degraded
+  result["clean_accuracy"] = dict(
+      cones=clean, **{name: float(np.mean(peers_out[f"{name}_pred_clean"] == y_test))
+                      for name in ("mlp", "logistic")})
+  result["peer_seconds"] = {name: float(peers_out[f"{name}_seconds"])
+                            for name in ("mlp", "logistic")}
+  p_mlp = peers_out["mlp_proba_clean"]
+  e, curve = ece(p_mlp, y_test)
+  result["calibration"]["mlp"] = dict(ece=e, nll=nll(p_mlp, y_test), curve=curve,
+                                      accuracy=float(np.mean(p_mlp.argmax(1) == y_test)))
+  result["digits"] = dict(rows=digits_rows, summary=summarise(digits_rows, peers_out, draws))
+  result["targets"] = targets(result)
+  result["seconds"] = time.perf_counter() - start
+  result["cpu_seconds_main_process"] = time.process_time() - cpu
+  result["cpu_seconds_peers"] = float(peers_out["cpu_seconds"])
+  prefix = out_dir / ("reuse_quick" if mode == "quick" else "reuse")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(f"{prefix}.json").write_text(json.dumps(result, indent=1, default=str))
+  table = markdown(result)
+  pathlib.Path(f"{prefix}.md").write_text(table)
+  figures(result, maps, prefix)
+  if mode == "full":
+    write_docs(result)
+  print(table)
+  print(f"total {result['seconds']:.1f} s wall, CPU {result['cpu_seconds_main_process']:.1f} s "
+        f"(+ {result['cpu_seconds_peers']:.1f} s in the scikit-learn subprocess)")
+  return result
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="embedded subset, small sizes")
+  parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mnist.npz"))
+  parser.add_argument("--out", default=str(ROOT / "results"))
+  parser.add_argument("--tables", action="store_true",
+                      help="re-render the markdown of the existing results/reuse.json")
+  parser.add_argument("--peer", nargs=2, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.peer:
+    return peer_main(*args.peer)
+  if args.tables:
+    result = json.loads((pathlib.Path(args.out) / "reuse.json").read_text())
+    (pathlib.Path(args.out) / "reuse.md").write_text(markdown(result))
+    write_docs(result)
+    return print(markdown(result))
+  run("quick" if args.quick else "full", args.data, pathlib.Path(args.out))
+
+
+if __name__ == "__main__":
+  main()
