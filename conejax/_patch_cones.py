@@ -112,9 +112,13 @@ def fit_patch_cones(images, patch_shape, *, key: jax.Array, rank: int = 32, n_co
   rng = np.random.default_rng(np.asarray(jax.random.key_data(sample_key)).ravel())
   X = _training_patches(images, patch_shape, n_train, stride, rng)
   if signed:
+    span = np.max(np.abs(X))  # the images' scale: "flat" is relative to it
     R = X - X.mean(axis=1, keepdims=True)
     X = np.concatenate([np.maximum(R, 0), np.maximum(-R, 0)])
-    X = X[X.sum(axis=1) > 1e-3 * m]  # flat patches carry no shape
+    X = X[X.sum(axis=1) > 1e-3 * m * span]  # flat patches carry no shape
+    if not len(X):
+      raise ValueError("images: every training patch is flat (constant); restoration "
+                       "needs images with some texture or edges.")
   else:
     _checks.check_nonnegative(X, "images")
   if n_cones == 1:
@@ -170,7 +174,11 @@ def project_patches(pc: PatchCones, X: jax.Array, mu, *, solver="auto",
       h = _nnls.solve_gram(G, C - penalty, zero, solver=solver).h
     fit = jnp.dot(h, D.T, precision=_HIGHEST)
     objective = 0.5 * jnp.sum((fit - R) ** 2, axis=1) + jnp.sum(penalty * h, axis=1)
-    return fit, objective, jnp.sum(net(h) != 0, axis=1)
+    # Codes at rounding level (below sqrt(eps) of the patch's largest) are not counted, so
+    # the count does not flip with the rounding of the data's scale.
+    magnitude = jnp.abs(net(h))
+    small = jnp.sqrt(jnp.finfo(h.dtype).eps) * jnp.max(magnitude, axis=1, keepdims=True)
+    return fit, objective, jnp.sum(magnitude > small, axis=1)
 
   if pc.W.shape[0] == 1:
     fit, _, nnz = one_cone(pc.W[0])

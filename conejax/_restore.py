@@ -24,8 +24,11 @@ using only ``A.mv`` and ``A.T.mv`` (the operator is never materialised). For the
 CG is exact in one step, for a 0/1 mask or average pooling in two (A^T A has two
 eigenvalues).
 
-Schedule: s_k is geometric from ``sigma_start`` down to ``sigma_end`` (default
-max(sigma, sigma_min)) over n_iter steps, as in DPIR (Zhang et al. 2021): early steps
+Schedule: s_k is geometric from ``sigma_start`` (default max(sigma, 0.1 r)) down to
+``sigma_end`` (default max(sigma, 0.005 r)) over n_iter steps, r the image's data range
+(``data_range``; by default the largest |value| of the image's first estimate u_0, so the
+defaults are the same fractions of the signal at any scale of values: restoring c v with
+noise c sigma gives c times the restoration of v), as in DPIR (Zhang et al. 2021): early steps
 with a strong prior and a weak data weight fill in what A loses, later ones settle at the
 noise level. The first iterate u_0 solves the data step with a tiny weight around the
 normalised convolution G (A^T v) / G (A^T A 1), G a Gaussian of std 2 pixels (for a mask:
@@ -43,13 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _nnls
+from conejax import _checks, _nnls, _scale
 from conejax import patches as _patches
 from conejax._patch_cones import PatchCones, project_patches
 from conejax.operators import LinearOperator, blur
 from conejax.operators._image import Mask
 
-SIGMA_MIN = 0.005  # the lowest prior level of the default schedule (noiseless problems)
+SIGMA_MIN = 0.005  # the lowest default prior level, per unit of data range (noiseless problems)
+SIGMA_START = 0.1  # the first default prior level, per unit of data range
 OUTPUTS = ("prior", "data")
 WEIGHTS = ("uniform", "sparsity")
 
@@ -89,6 +93,7 @@ def _prior_step(pc, U, mu, geometry, weights, solver, reweight):
   N, (p, q) = U.shape[0], geometry[1]
   X = jax.vmap(lambda u: _patches.extract_flat(u, *geometry))(U)
   n = X.shape[1]
+  mu = jnp.repeat(mu, n)[:, None]  # each image's penalty (N,) on each of its patches
   P, nnz = project_patches(pc, X.reshape(N * n, p * q), mu, solver=solver, reweight=reweight)
   P = P.reshape(N, n, p * q)
   if weights == "uniform":
@@ -104,8 +109,8 @@ _STATIC = ("geometry", "cg_iter", "output", "weights", "solver", "reweight")
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _restore(pc, V, A, levels, alphas, tau, init, *, geometry, cg_iter, output, weights,
              solver, reweight):
-  data = jax.vmap(lambda v, z, x0, alpha: data_step(A, v, z, alpha, cg_iter=cg_iter, x0=x0),
-                  in_axes=(0, 0, 0, None))
+  # levels and alphas are (n_iter, N): each image's schedule is in its own units.
+  data = jax.vmap(lambda v, z, x0, alpha: data_step(A, v, z, alpha, cg_iter=cg_iter, x0=x0))
   tiny_alpha = alphas[0] * 1e-3
   U = data(V, init, init, tiny_alpha)
 
@@ -152,7 +157,7 @@ def _check_scalar(x, name, fix, positive=False):
 def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shape, sigma,
             n_iter: int = 8, sigma_start=None, sigma_end=None, tau=1.5, lam=1.0, stride=2,
             cg_iter: int = 20, weights: str = "sparsity", output: str = "prior", init=None,
-            reweight: int = 0, solver="auto") -> jax.Array:
+            reweight: int = 0, solver="auto", data_range=None) -> jax.Array:
   """Restores images from v = A u + noise by HQS with a patch-cone prior.
 
   See the module docstring for the iteration and the schedule of the coupling weight.
@@ -165,8 +170,9 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     image_shape: (H, W) of the restored image.
     sigma: noise standard deviation of v (0 for noiseless observations).
     n_iter: HQS iterations (prior steps).
-    sigma_start: first prior level s_1 (default max(sigma, 0.1)); larger fills more.
-    sigma_end: last prior level s_n (default max(sigma, 0.005)).
+    sigma_start: first prior level s_1 (default max(sigma, 0.1 data_range)); larger
+      fills more.
+    sigma_end: last prior level s_n (default max(sigma, 0.005 data_range)).
     tau: penalty of the codes per unit of prior level, mu_k = tau s_k.
     lam: multiplies the coupling weight alpha_k = lam sigma^2 / s_k^2.
     stride: of the patch corners in the prior step (1: every patch, slower).
@@ -178,6 +184,9 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     reweight: reweighted-L1 passes of the patch codes (0: plain L1; see
       ``conejax._patch_cones.project_patches``).
     solver: NNLS solver of the patch codes, as in ``conejax.nnls``.
+    data_range: the range of the image's values (e.g. 1 for images in [0, 1], 255 for
+      8-bit values), which sets the default prior levels; None takes, per image, the
+      largest |value| of the first estimate u_0 (see ``init``).
 
   Returns:
     (H, W) image, or (N, H, W) for a batch; the dtype of v.
@@ -198,9 +207,10 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
                      f"{type(cones).__name__}.")
   geometry = _patches.check_geometry(image_shape, cones.patch_shape, stride)
   (H, W), m = geometry[0], geometry[0][0] * geometry[0][1]
+  source = "A's output"
   if A is None:
     from conejax.operators import identity
-    A = identity(m)
+    A, source = identity(m), f"the pixels of image_shape {(H, W)}"
   if not isinstance(A, LinearOperator):
     raise ValueError(f"A must be a conejax.operators LinearOperator; got {type(A).__name__}.")
   if A.in_size != m:
@@ -208,7 +218,7 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
                      "pixels; build A for the image's shape (flattened row-major).")
   V = _checks.as_float_array(v, "v")
   if V.ndim not in (1, 2) or V.shape[-1] != A.out_size:
-    raise ValueError(f"v must have shape ({A.out_size},) or (N, {A.out_size}), A's output; "
+    raise ValueError(f"v must have shape ({A.out_size},) or (N, {A.out_size}), {source}; "
                      f"got {tuple(V.shape)}.")
   _checks.check_finite(V, "v")
   single = V.ndim == 1
@@ -221,19 +231,36 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   sigma = _check_scalar(sigma, "sigma", fix).astype(V.dtype)
   tau = _check_scalar(tau, "tau", "It scales the code penalty mu = tau * level.").astype(V.dtype)
   lam = _check_scalar(lam, "lam", "It scales the coupling weight.", positive=True).astype(V.dtype)
-  floor = jnp.maximum(sigma, SIGMA_MIN)
-  start = (jnp.maximum(sigma, 0.1) if sigma_start is None else
-           _check_scalar(sigma_start, "sigma_start", "The first prior level.", True))
-  end = floor if sigma_end is None else _check_scalar(sigma_end, "sigma_end",
-                                                      "The last prior level.", True)
-  t = jnp.linspace(0, 1, n_iter, dtype=V.dtype)
-  levels = jnp.exp((1 - t) * jnp.log(start.astype(V.dtype)) + t * jnp.log(end.astype(V.dtype)))
-  alphas = lam * sigma**2 / levels**2
+  # Each image is solved at unit scale: v, sigma and every level divided by a power of two
+  # near max |v| (exact), the result multiplied back; float32 squares (CG's inner products,
+  # the patch objectives) stay in range from 1e-30 to 1e30.
+  e = _scale.exponent_of(V, axis=1)                                      # (N,)
+  unit = lambda x: jnp.ldexp(jnp.broadcast_to(jnp.asarray(x, V.dtype), e.shape), -e)
+  V = jnp.ldexp(V, -e[:, None])
   if init is None:
     init = _normalised_convolution(A, V, (H, W))
   else:
     init = _checks.as_float_array(init, "init").astype(V.dtype)
-    init = jnp.broadcast_to(init.reshape(-1, m), (V.shape[0], m))
+    init = jnp.ldexp(jnp.broadcast_to(init.reshape(-1, m), (V.shape[0], m)), -e[:, None])
+  if data_range is None:
+    span = jnp.max(jnp.abs(init), axis=1)
+    span = jnp.where(span > 0, span, 1)  # an all-zero estimate: any level restores zeros
+  else:
+    span = unit(_check_scalar(data_range, "data_range", "The range of the image's values, "
+                              "e.g. 1 for [0, 1] images.", positive=True))
+  sigma = unit(sigma)
+
+  def level(value, name, default):
+    if value is None:
+      return jnp.maximum(sigma, default * span)
+    which = "first" if name == "sigma_start" else "last"
+    return unit(_check_scalar(value, name, f"The {which} prior level.", positive=True))
+
+  start = level(sigma_start, "sigma_start", SIGMA_START)
+  end = level(sigma_end, "sigma_end", SIGMA_MIN)
+  t = jnp.linspace(0, 1, n_iter, dtype=V.dtype)[:, None]
+  levels = jnp.exp((1 - t) * jnp.log(start)[None] + t * jnp.log(end)[None])  # (n_iter, N)
+  alphas = lam * (sigma[None] / levels) ** 2
   d = cones.W.shape[-1] * (2 if cones.signed else 1)
   solver, _ = _nnls.check_options(solver, max_iter=None, tol=None, batch_size=2048,
                                   differentiation="implicit", n_atoms=d)
@@ -241,5 +268,5 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   out = _restore(pc, V, A, levels, alphas, tau, init, geometry=geometry, cg_iter=cg_iter,
                  output=output, weights=weights, solver=solver,
                  reweight=_check_count(reweight, "reweight"))
-  out = out.reshape(-1, H, W)
+  out = jnp.ldexp(out, e[:, None]).reshape(-1, H, W)
   return out[0] if single else out

@@ -223,7 +223,7 @@ def conejax_grid(task: str) -> list[dict]:
 def conejax_restore(cones, obs, shape, settings):
   settings = {k: v for k, v in settings.items() if v is not None}
   out = conejax.restore(cones, np.asarray(obs["v"], np.float32), obs["A"], image_shape=shape,
-                        sigma=obs["sigma"], **settings)
+                        sigma=obs["sigma"], data_range=1.0, **settings)  # images in [0, 1]
   return np.asarray(out.block_until_ready(), np.float64)
 
 
