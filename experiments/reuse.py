@@ -222,11 +222,12 @@ def degraded_mnist(ctx, cones, data, rng):
     if size["retrain"] and TASKS[task][1] != "sensing":
       n = size["n_retrain"]
       train_obs = degrade(task, x_train[:n], rng)
+      rank = min(size["rank"], obs["V"].shape[1])       # k-means atoms: at most k of them
       retrained, fit_s = timed(lambda: conejax.fit_cones(
-          np.maximum(train_obs["V"], 0), y_train[:n], size["rank"], key=jax.random.key(1)))
+          np.maximum(train_obs["V"], 0), y_train[:n], rank, key=jax.random.key(1)))
       V = np.maximum(obs["V"], 0)
       row.update(retrained_cones=float(np.mean(conejax.predict(retrained, V) == y_test)),
-                 retrained_seconds=fit_s, retrained_n_train=n)
+                 retrained_seconds=fit_s, retrained_n_train=n, retrained_rank=rank)
     rows.append(row)
   return rows, naive
 
