@@ -88,7 +88,9 @@ def fit_factors(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner, unit
   W^T W, U^T H and H^T H (one reduce per iteration) and runs "mu", "hals" or "anls". A
   beta-divergence (``beta`` != 2) or entry weights (n, m) need H W^T, which is carried from
   one step to the next so that each iteration forms it twice (after each factor's update):
-  multiplicative updates only, two reduces per iteration (W's statistics, the objective).
+  multiplicative updates (two reduces per iteration, W's statistics and the objective),
+  or for the weighted Frobenius loss exact HALS on the residual U - H W^T (one reduce per
+  atom of W).
 
   The first ``n_fixed`` atoms are kept exactly as given (``n_fixed = d``: codes only).
   With ``unit_atoms`` every step starts from unit-norm atoms (H rescaled to match), so each
@@ -132,7 +134,17 @@ def fit_factors(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner, unit
     state = (W, H)
   else:
     rows = mask[:, None] if weights is None else weights * mask[:, None]
-    like = reduce(jnp.sum(U[:1, :1]))
+    like = reduce(jnp.sum(U[:1, :1]))  # a scalar typed as the objective under shard_map
+
+    def hals_step(state):  # weighted Frobenius: exact coordinate steps on the residual
+      W, H, WH = state
+      H, E = _nmf_steps.weighted_hals_codes(H, W, U - WH, weights, mu_h, inner)
+      H = H * mask[:, None]
+      if n_fixed < d:
+        W, E = _nmf_steps.weighted_hals_atoms(W, H, E, weights, mu_w, inner, n_fixed, reduce)
+      WH = U - E
+      fit, sum_h = reduce((0.5 * jnp.sum(rows * E**2), jnp.sum(H)))
+      return (W, H, WH), fit + mu_w * jnp.sum(W) + mu_h * sum_h
 
     def step(state):
       W, H, WH = state
@@ -142,14 +154,14 @@ def fit_factors(U, mask, W, H, mu_w, mu_h, *, method, max_iter, tol, inner, unit
         WH = WH if i == 0 else _dot(H, W.T)
         H = _nmf_steps.mu_beta_codes(U, W, H, WH, mu_h, beta, weights) * mask[:, None]
       WH = _dot(H, W.T)
-      for i in range(inner if n_fixed < d else 0):
-        WH = WH if i == 0 else _dot(H, W.T)
+      for _ in range(inner if n_fixed < d else 0):
         W = keep_fixed(_nmf_steps.mu_beta_atoms(U, W, H, WH, mu_w, beta, weights, reduce), W)
         WH = _dot(H, W.T)
       fit, sum_h = reduce((_nmf_steps.beta_divergence(U, WH, beta, rows), jnp.sum(H)))
       return (W, H, WH), fit + mu_w * jnp.sum(W) + mu_h * sum_h
 
     state = (W, H, _dot(H, W.T))
+    step = hals_step if method == "hals" else step
 
   state, history, n_iter = _iterate(step, state, like, max_iter=max_iter, tol=tol)
   W, H = state[:2]
@@ -238,8 +250,9 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str | None 
     mu_w, mu_h: L1 weights >= 0 on the dictionary and on the codes.
     method: "mu" (multiplicative updates), "hals" (hierarchical alternating least
       squares) or "anls" (each factor by exact NNLS, ``conejax.solvers.ActiveSet``); None
-      is "hals" for the unweighted Frobenius loss and "mu" otherwise (the only method for
-      beta-divergences and weights).
+      is "hals" for the unweighted Frobenius loss and "mu" otherwise. Beta-divergences
+      need "mu"; weights take "mu" or "hals" (exact coordinate steps on the weighted
+      residual, O(N m d) elementwise work per sweep).
     init: "random", "nndsvda", "kmeans" (atoms at k-means centroids, codes by NNLS), or a
       pair (W0 (m, d), H0 (N, d0 + d)) of non-negative arrays: a warm start, every atom of
       W0 is then learnt (H0's first d0 columns are the codes of ``fixed_atoms``). The
@@ -271,9 +284,9 @@ def nmf(U, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str | None 
   Raises:
     ValueError: on negative or non-finite data (NaN is allowed with ``missing="nan"``), a
       rank the init or method cannot reach, a negative penalty, an unknown method, init
-      or beta_loss, a method other than "mu" for a beta-divergence or weights, weights
-      outside [0, 1] or not of U's shape, zeros of U under beta <= 0, or init or fixed
-      arrays of the wrong shape.
+      or beta_loss, a method other than "mu" for a beta-divergence, "anls" with weights,
+      weights outside [0, 1] or not of U's shape, zeros of U under beta <= 0, or init or
+      fixed arrays of the wrong shape.
 
   Example:
     >>> import jax, numpy as np, conejax

@@ -87,10 +87,12 @@ def check_options(rank, method, max_iter, tol, inner_iter, mu_w, mu_h, dtype, be
   if method is None:
     method = "hals" if beta == 2 and not weighted else "mu"
   method = _checks.check_choice(method, "method", METHODS)
-  if method != "mu" and (beta != 2 or weighted):
-    what = f"beta_loss {beta:g}" if beta != 2 else "weights (or missing='nan')"
-    raise ValueError(f"{what} needs method='mu' (multiplicative updates); method={method!r} "
-                     "minimises the unweighted Frobenius loss only.")
+  if method != "mu" and beta != 2:
+    raise ValueError(f"beta_loss {beta:g} needs method='mu' (multiplicative updates); "
+                     f"method={method!r} minimises the Frobenius loss only.")
+  if method == "anls" and weighted:
+    raise ValueError("weights (or missing='nan') need method='mu' or 'hals'; method='anls' "
+                     "solves the unweighted least squares only (one Gram for every row).")
   max_iter = _checks.check_positive_int(max_iter, "max_iter")
   tol = _checks.check_tol(tol)
   inner = _nmf_steps.DEFAULT_INNER[method] if inner_iter is None else inner_iter

@@ -135,7 +135,8 @@ def nmf_minibatch_init(key: jax.Array, chunk, rank: int, *,
   Args:
     key: PRNG key for the init (random factors, randomised SVD or k-means++).
     chunk: (N_c, m) non-negative data, samples as rows; its dtype becomes the state's.
-    rank: number of atoms d, at most min(N_c, m).
+    rank: number of atoms d, at most min(N_c, m) for "nndsvda" and "kmeans"; any rank
+      (above m: an overcomplete dictionary, coded by HALS) for "random".
     init: "nndsvda", "random" or "kmeans", as in ``conejax.nmf``, applied to this chunk.
 
   Returns:
@@ -149,9 +150,10 @@ def nmf_minibatch_init(key: jax.Array, chunk, rank: int, *,
   rank = _checks.check_positive_int(rank, "rank")
   init = _checks.check_choice(init, "init", _INITS)
   n, m = U.shape
-  if rank > min(n, m):
+  if init != "random" and rank > min(n, m):
     raise ValueError(f"rank {rank} exceeds min(N_c, m) = {min(n, m)} for the first chunk of "
-                     f"shape {(n, m)}; start with at least {rank} rows or lower the rank.")
+                     f"shape {(n, m)} with init={init!r}; start with at least {rank} rows, lower "
+                     "the rank, or use init='random' (any rank: an overcomplete dictionary).")
   scale, U, _, _, _ = _nmf.unit_scale(U, 0.0, 0.0)
   W = _init_jit(key, U, rank=rank, init=init)
   zero = jnp.zeros((), U.dtype)
@@ -250,7 +252,7 @@ def nmf_minibatch(chunks: Iterable | Callable[[], Iterable], rank: int, *, key: 
       function returning a fresh iterator per epoch, or a re-iterable such as a list; a
       one-shot iterator (a generator) only for ``n_epochs=1``. Sizes may differ (each new
       size compiles the step once).
-    rank: number of atoms d, at most min(rows of the first chunk, m).
+    rank: number of atoms d, as in ``nmf_minibatch_init`` (any rank with init="random").
     key: PRNG key of the init, which sees only the first chunk.
     n_epochs: passes over the data.
     n_samples: rows per pass; None counts them during the first pass.

@@ -109,18 +109,22 @@ def check_one_all_reduce_per_iteration():
   return "||U||^2 once, (U^T H, H^T H, sum H) once per iteration"
 
 
-@check
-def check_nmf_kl_weights_fixed_1x8():
-  """A beta-divergence, entry weights and fixed atoms through the same core and all-reduce."""
+def weighted_fixed_check(mesh, **loss):
+  """Entry weights and fixed atoms (and a loss) through the same core and all-reduces."""
   W0, H0 = custom_init()
   weights = (RNG.random(U.shape) > 0.2).astype(np.float32)
   fixed = RNG.random((M, 2)).astype(np.float32)
   H0 = np.concatenate([RNG.random((N, 2)).astype(np.float32), H0], axis=1)
   options = dict(key=KEY, init=(W0, H0), max_iter=30, tol=0, mu_h=0.01, weights=weights,
-                 beta_loss="kullback-leibler", fixed_atoms=fixed)
-  out = _sharding.nmf_sharded(U, D, mesh=MESH_8, **options)
+                 fixed_atoms=fixed, **loss)
+  out = _sharding.nmf_sharded(U, D, mesh=mesh, **options)
   assert np.array_equal(np.asarray(out.W[:, :2]), fixed)
   return same_fit(out, conejax.nmf(U, D, **options), U)
+
+
+CHECKS["nmf_kl_weights_fixed_1x8"] = lambda: weighted_fixed_check(
+    MESH_8, beta_loss="kullback-leibler")
+CHECKS["nmf_weighted_hals_fixed_2x4"] = lambda: weighted_fixed_check(MESH_2x4, method="hals")
 
 
 @check
@@ -128,6 +132,17 @@ def check_nmf_per_class_hals_2x4():
   options = dict(key=KEY, method="hals", init="nndsvda", max_iter=40)
   out = _sharding.nmf_per_class_sharded(U, Y, 4, mesh=MESH_2x4, **options)
   ref = conejax.nmf_per_class(U, Y, 4, **options)
+  assert np.array_equal(out.classes, ref.classes)
+  return same_fit(out, ref, U)
+
+
+@check
+def check_nmf_per_class_kl_weights_2x4():
+  weights = (RNG.random(U.shape) > 0.2).astype(np.float32)
+  options = dict(key=KEY, init="random", max_iter=15, tol=0, weights=weights,
+                 beta_loss="kullback-leibler", fixed_atoms=RNG.random((M, 1)).astype(np.float32))
+  out = _sharding.nmf_per_class_sharded(U, Y, 3, mesh=MESH_2x4, **options)
+  ref = conejax.nmf_per_class(U, Y, 3, **options)
   assert np.array_equal(out.classes, ref.classes)
   return same_fit(out, ref, U)
 
@@ -178,10 +193,11 @@ CHECKS["reconstruct_per_sample_2x4"] = lambda: reconstruct_check(
 def main():
   failed = 0
   for name, fn in CHECKS.items():
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
       detail = fn()
-      print(f"PASS {name}: {detail} ({time.perf_counter() - start:.1f} s)", flush=True)
+      print(f"PASS {name}: {detail} ({time.perf_counter() - start:.1f} s, "
+            f"{time.process_time() - cpu:.1f} s CPU)", flush=True)
     except Exception:  # noqa: BLE001  (every failure is reported, then the next check runs)
       failed += 1
       detail = traceback.format_exc().strip().splitlines()

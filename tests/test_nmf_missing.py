@@ -53,6 +53,36 @@ def test_weighted_mu_equals_numpy(beta_loss, beta):
   assert np.all(np.diff(np.asarray(fit.objective)) <= 1e-12 * float(fit.objective[0]))
 
 
+def _numpy_weighted_hals(U, weights, W, H, n_iter):
+  """Exact coordinate descent on 0.5 sum M (U - H W^T)^2: H's columns, then W's."""
+  W, H = W.copy(), H.copy()
+  for _ in range(n_iter):
+    for X, Y, M_ in ((H, W, weights), (W, H, weights.T)):
+      data = U if X is H else U.T
+      for k in range(D):
+        R = data - X @ Y.T + np.outer(X[:, k], Y[:, k])
+        X[:, k] = np.maximum((M_ * R) @ Y[:, k] / (M_ @ Y[:, k] ** 2), 0)
+  return W, H
+
+
+def test_weighted_hals_equals_numpy_and_reaches_the_kkt_point():
+  U, weights, W0, H0 = _problem(5)
+  fit = conejax.nmf(U, D, key=KEY, method="hals", init=(W0, H0), max_iter=10, tol=0,
+                    weights=weights)
+  W, H = _numpy_weighted_hals(U, weights, W0, H0, 10)
+  np.testing.assert_allclose(np.asarray(fit.H) @ np.asarray(fit.W).T, H @ W.T, rtol=1e-10)
+  np.testing.assert_allclose(fit.objective[-1], 0.5 * np.sum(weights * (U - H @ W.T) ** 2),
+                             rtol=1e-10)
+  mu_w, mu_h = 0.02, 0.01
+  fit = conejax.nmf(U, D, key=KEY, method="hals", init=(W0, H0), max_iter=3000, tol=0,
+                    weights=weights, mu_w=mu_w, mu_h=mu_h)
+  H, W = np.asarray(fit.H), np.asarray(fit.W)
+  G = weights * (H @ W.T - U)  # KKT of the weighted objective: x >= 0, g >= 0, x g = 0
+  for X, g in ((H, G @ W + mu_h), (W, G.T @ H + mu_w)):
+    assert np.all(X >= 0) and np.all(g >= -1e-7)
+    np.testing.assert_allclose(np.minimum(X, g), 0, atol=1e-7)
+
+
 def test_weighted_codes_equal_weighted_nnls():
   # min_h sum_j w_j (v_j - (W h)_j)^2 is the NNLS of sqrt(w) v on diag(sqrt(w)) W.
   U, weights, W, _ = _problem(1)

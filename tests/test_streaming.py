@@ -224,3 +224,12 @@ def test_streaming_fit_is_equivariant_to_the_scale_of_the_data(c):
   if 1e-15 < c < 1e15:  # with penalties scaled to match: mu_h c, mu_w c^2
     np.testing.assert_allclose(fit(c, mu_h=0.05 * c, mu_w=0.01 * c * c),
                                fit(1.0, mu_h=0.05, mu_w=0.01), rtol=1e-5, atol=1e-5)
+
+
+def test_overcomplete_dictionary_with_the_random_init():
+  U = _factorisable(5) + 0.01
+  fit = nmf_minibatch(_in_chunks(U), 16, key=KEY, init="random", n_epochs=3, progress=False)
+  assert fit.W.shape == (12, 16) and np.all(np.isfinite(fit.W))
+  assert float(fit.objective[-1]) < float(fit.objective[0])
+  with pytest.raises(ValueError, match="use init='random'"):
+    nmf_minibatch_init(KEY, U, 16)
