@@ -146,6 +146,20 @@ def test_penalised_kl_codes_equal_the_mm_update():
   assert np.all(np.diff(np.asarray(out.objective)) <= 1e-12 * float(out.objective[0]))
 
 
+def test_inner_iterations_repeat_each_factor_update():
+  from sklearn.decomposition._nmf import _multiplicative_update_h, _multiplicative_update_w
+  U, (W0, H0) = _data(10, zeros=True), _init()
+  fit = conejax.nmf(U, D, key=KEY, init=(W0, H0), max_iter=4, tol=0, inner_iter=2,
+                    beta_loss="kullback-leibler", mu_h=0.05)
+  codes, atoms = H0.copy(), W0.T.copy()
+  for _ in range(4):  # scikit-learn's updates: its W is our H, its H our W^T
+    for _ in range(2):
+      codes = _multiplicative_update_w(U, codes, atoms, 1.0, 0.05, 0, 1.0)[0]
+    for _ in range(2):
+      atoms = _multiplicative_update_h(U, codes, atoms, 1.0, 0, 0, 1.0)
+  np.testing.assert_allclose(np.asarray(fit.H) @ np.asarray(fit.W).T, codes @ atoms, rtol=1e-10)
+
+
 def test_codes_bad_input():
   with pytest.raises(ValueError, match="but V has 3 features"):
     _nmf.nmf_codes(np.ones((4, 2)), np.ones((5, 3)))
