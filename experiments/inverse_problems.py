@@ -480,35 +480,37 @@ def class_union(x_train, y_train, n_val, rank, key):
   return f"union of ten rank-{rank} class cones ({10 * rank} atoms)", cones
 
 
-def _dictionaries(x_train, y_train, U_train, n_val, key, union_ranks=(64, 128), exemplars=True):
+def _dictionaries(x_train, y_train, U_train, n_val, key, union_ranks=(64, 128), exemplars=True,
+                  single=True):
   """label -> (dictionary, select, tasks it is used for or None for all).
 
-  The single rank-64 cone, the unions of the ten class cones of each of ``union_ranks`` and,
-  if ``exemplars``, for inpainting, the exemplar cone spanned by EXEMPLARS training digits per
-  class (unit norm).
+  The single rank-64 cone (if ``single``), the unions of the ten class cones of each of
+  ``union_ranks`` and, if ``exemplars``, for inpainting, the exemplar cone spanned by
+  EXEMPLARS training digits per class (unit norm).
   """
-  single = conejax.nmf(U_train, 64, key=key, method="mu", max_iter=200, tol=0).W
-  single = single / jnp.linalg.norm(single, axis=0)
   union = {}
+  if single:
+    W = conejax.nmf(U_train, 64, key=key, method="mu", max_iter=200, tol=0).W
+    union["rank-64 cone"] = (W / jnp.linalg.norm(W, axis=0), "each", None)
   for rank in union_ranks:
     label, class_cones = class_union(x_train, y_train, n_val, rank, key)
     union[label] = (class_cones, "union", None)
   if not exemplars:
-    return {"rank-64 cone": (single, "each", None)} | union
+    return union
   classes = _class_indices(y_train, n_val)
   per_digit = min(EXEMPLARS, *map(len, classes))  # the embedded subset has fewer
   exemplars = np.stack([x_train[index[:per_digit]].T for index in classes])
   exemplars /= np.maximum(np.linalg.norm(exemplars, axis=1, keepdims=True), 1e-12)
   union[f"exemplar cone ({10 * per_digit} training digits)"] = (
       jnp.asarray(exemplars, jnp.float32), "union", EXEMPLAR_TASKS)
-  return {"rank-64 cone": (single, "each", None)} | union
+  return union
 
 
 def run(data, out, n_test=500, n_val=100, tasks=None, separate=True, quick=False):
   """Runs ``tasks`` (indices into TASKS, None for all) and the separation; writes the tables.
 
-  ``quick`` (the main job's default): unions of rank-64 class cones only, no exemplar cone,
-  and the separation of 0 + 1 alone on 200 test mixtures.
+  ``quick`` (the main job's default): the union of the rank-64 class cones only (no single
+  cone, no exemplar cone), and the separation of 0 + 1 alone on 200 test mixtures.
   """
   out.mkdir(parents=True, exist_ok=True)
   x_train, y_train, x_test, y_test = load_mnist(data)
@@ -518,7 +520,8 @@ def run(data, out, n_test=500, n_val=100, tasks=None, separate=True, quick=False
   rows, chosen = [], range(len(TASKS)) if tasks is None else tasks
   if chosen:
     dictionaries = _dictionaries(x_train, y_train, U_train, n_val, key,
-                                 union_ranks=(64,) if quick else (64, 128), exemplars=not quick)
+                                 union_ranks=(64,) if quick else (64, 128), exemplars=not quick,
+                                 single=not quick)
   for i in tqdm(chosen, desc="inverse problems", unit="task"):
     task = TASKS[i]
     task_rows, obs, estimates = run_task(task, dictionaries, U_val, U_test, seed=10 * i)

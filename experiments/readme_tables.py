@@ -185,8 +185,11 @@ def main_job(results):
                f"device; predictions agree on {100 * m['predictions_agree']:.1f}% |")
   lines.append(f"| streaming NMF | relative error {t['stream_rel_error']:.4f} (batch "
                f"{t['batch_rel_error']:.4f}) |")
-  lines.append(f"| scikit-learn ConeClassifier, 3-fold CV | "
-               + ", ".join(f"{100 * a:.1f}%" for a in k["cv_accuracy"]) + " |")
+  lines.append(f"| scikit-learn: {k['classifier']}; Pipeline {k['pipeline']} | "
+               f"{100 * k['accuracy']:.2f}%; {100 * k['pipeline_accuracy']:.2f}% |")
+  if "reuse" in results:
+    lines.append("| reuse: classification under operators, transfer, calibration | "
+                 "`results/quick/reuse_quick.md` |")
   return "\n".join(lines)
 
 

@@ -1,22 +1,40 @@
-"""The main job: reproduce the MNIST results of cones as reusable generative models.
+"""The main job: every capability of conejax on MNIST, in one run, with a report.
 
-    python experiments/reproduce.py                                  # embedded subset
-    python experiments/reproduce.py --data ../shared/data/mnist.npz  # full MNIST
+    python experiments/reproduce.py                  # quick form on the embedded subset (~5 min)
+    python experiments/reproduce.py --smoke          # tiny sizes (< 1 min): CI's check
+    python experiments/reproduce.py --full --data ../shared/data/mnist.npz   # heavy settings
 
-Writes results/REPORT.md (each reference claim beside the reproduced number), PNG figures
-and results/reproduce.json.
+Sections (a progress bar names each as it runs): sparse NNLS solvers against scipy, sparse
+NMF bases, nearest-cone classification (0 vs 1, ten digits against baselines), the plug-and-
+play uses (anomaly scores, k-cones clustering, compression, features), inverse problems and
+source separation, fine-tuning with optax, restoration of a natural image with patch cones,
+scale-out over a device mesh, streaming NMF, and the scikit-learn estimators.
+
+Writes OUT/REPORT.md (with its figures), OUT/reproduce.json (every number, structured) and
+the timing of each section. The sub-experiments' own tables (inverse problems, fine-tuning)
+go to OUT with ``--full`` and to OUT/quick otherwise, so a quick run never overwrites the
+full runs' results.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 
-import jax
-import matplotlib
-import numpy as np
+if "--smoke" in sys.argv:  # smoke runs are compile-bound: ask XLA for quick, plain code
+  os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                        "--xla_llvm_disable_expensive_passes=true")
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.optimize  # noqa: E402
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 from tqdm import tqdm
 
@@ -30,23 +48,67 @@ import baselines  # noqa: E402  (experiments/ is the script's own folder)
 import finetune  # noqa: E402
 import inverse_problems  # noqa: E402
 
+HERE = pathlib.Path(__file__).resolve().parent
+CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"), "conejax",
+                     "jax")
 # The configuration experiments/sweep_cones.py found best among plain cones.
 BEST = dict(init="kmeans", method="mu", max_iter=20, tol=0)
 REFERENCE = dict(init="nndsvda", method="mu", max_iter=200, tol=0)
 
+# Sizes of each mode. n_train / n_test: images per digit (None: all); the rest per section.
+MODES = {
+    "smoke": dict(n_train=100, n_test=20, bases_n=300, bases_iter=20, ranks=(8,), ref_ranks=(),
+                  solvers=("ActiveSet",), mlp=False, nnls_n=50, kcones_iter=1,
+                  compress=(), inverse_tasks=(1,), inverse_n=(20, 20), finetune_steps=4,
+                  restore_size=32, restore_rank=8, restore_cones=1, stream_chunk=200,
+                  stream_epochs=1, sklearn_cv=False, sharding_devices=0),
+    "quick": dict(n_train=None, n_test=100, bases_n=5000, bases_iter=200, ranks=(16, 64),
+                  ref_ranks=(), solvers=("ActiveSet", "ADMM"), mlp=True, nnls_n=1000,
+                  kcones_iter=2, compress=(10,), inverse_tasks=(1, 10), inverse_n=(100, 100),
+                  finetune_steps=40, restore_size=48, restore_rank=16, restore_cones=1,
+                  stream_chunk=1000, stream_epochs=2, sklearn_cv=False, sharding_devices=2),
+    "full": dict(n_train=None, n_test=None, bases_n=5000, bases_iter=200, ranks=(16, 32, 64, 128,
+                 256), ref_ranks=(16, 32, 64), solvers=("ActiveSet", "APG", "ADMM"), mlp=True,
+                 nnls_n=2000, kcones_iter=10, compress=(5, 10, 20), inverse_tasks=None,
+                 inverse_n=(500, 100), finetune_steps=None, restore_size=128, restore_rank=32,
+                 restore_cones=2, stream_chunk=1000, stream_epochs=5, sklearn_cv=True,
+                 sharding_devices=8),
+}
+SOLVERS = {"ActiveSet": ("ActiveSet (exact, the default)", conejax.solvers.ActiveSet),
+           "APG": ("APG", conejax.solvers.APG), "ADMM": ("ADMM", conejax.solvers.ADMM)}
+
 
 def timed(fn):
+  """(fn(), wall seconds), blocking on JAX's asynchronous results."""
   start = time.perf_counter()
   out = jax.block_until_ready(fn())
   return out, time.perf_counter() - start
 
 
-def image_grid(images, rows, cols, path, titles=None):
+def cpu_seconds():
+  """CPU time of this process and of its finished subprocesses (user + system)."""
+  return sum(os.times()[:4])
+
+
+def warm_timed(fn):
+  """(fn(), wall seconds of a second call): compilation excluded."""
+  jax.block_until_ready(fn())
+  return timed(fn)
+
+
+def per_class(y, n, rng):
+  """Indices of the first ``n`` samples of each label (all of them when n is None)."""
+  if n is None:
+    return np.arange(len(y))
+  return np.sort(np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)]))
+
+
+def image_grid(images, rows, cols, path, titles=None, shape=(28, 28)):
   fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.95))
   for i, ax in enumerate(np.ravel(axes)):
     ax.axis("off")
     if i < len(images):
-      ax.imshow(np.asarray(images[i]).reshape(28, 28), cmap="gray_r")
+      ax.imshow(np.asarray(images[i]).reshape(shape), cmap="gray_r")
       if titles is not None:
         ax.set_title(titles[i], fontsize=7)
   fig.tight_layout()
@@ -54,207 +116,569 @@ def image_grid(images, rows, cols, path, titles=None):
   plt.close(fig)
 
 
-def bases(x_train, key, out, report):
-  """A rank-64 cone on 5000 training images of all digits: its atoms and training time."""
-  U = x_train[:5000]
-  fit, seconds = timed(lambda: conejax.nmf(U, 64, key=key, method="mu", max_iter=200, tol=0))
-  _, seconds = timed(lambda: conejax.nmf(U, 64, key=key, method="mu", max_iter=200, tol=0))
-  image_grid(np.asarray(fit.W).T, 8, 8, out / "bases.png")
+# ----------------------------------------------------------------------------- sections
+# Each section takes the run's context (data, key, sizes, output folder), adds its numbers
+# to ctx.report under its own name and returns nothing.
+
+class Context:
+  def __init__(self, data, mode, out, key):
+    self.x_train, self.y_train, self.x_test, self.y_test = data
+    self.mode, self.size, self.out, self.key = mode, MODES[mode], out, key
+    self.report = {}
+    self.sub_out = out if mode == "full" else out / mode
+    self.cones = {}
+
+
+def nnls_solvers(ctx):
+  """Codes of test digits on one NMF dictionary: every solver against scipy.optimize.nnls."""
+  W = ctx.cones["all"].W[0]
+  V = ctx.x_test[:ctx.size["nnls_n"]]
+  Wn, Vn = np.asarray(W, np.float64), np.asarray(V, np.float64)
+  start = time.perf_counter()
+  reference = np.stack([scipy.optimize.nnls(Wn, v)[0] for v in Vn])
+  scipy_s = time.perf_counter() - start
+  f_ref = 0.5 * np.sum((reference @ Wn.T - Vn) ** 2, axis=1)
+  rows = [dict(solver="scipy.optimize.nnls (loop)", seconds=scipy_s, max_gap=0.0)]
+  for name, solver in (SOLVERS[s] for s in ctx.size["solvers"]):
+    solver = solver()
+    out, seconds = warm_timed(lambda: conejax.nnls(W, V, 0.0, solver=solver))
+    h = np.asarray(out.h, np.float64)
+    f = 0.5 * np.sum((h @ Wn.T - Vn) ** 2, axis=1)
+    gap = np.max((f - f_ref) / np.maximum(f_ref, 1e-30))
+    rows.append(dict(solver=name, seconds=seconds, max_gap=float(max(gap, 0.0)),
+                     converged=float(np.mean(out.converged))))
+  ctx.report["nnls"] = dict(n=len(V), d=int(W.shape[1]), rows=rows)
+
+
+def bases(ctx):
+  """A rank-64 sparse NMF of training images of all digits: its atoms, time and error."""
+  U = ctx.x_train[:ctx.size["bases_n"]]
+  run = lambda: conejax.nmf(U, 64, key=ctx.key, method="mu", max_iter=ctx.size["bases_iter"],
+                            tol=0)
+  fit, seconds = warm_timed(run)
+  image_grid(np.asarray(fit.W).T, 8, 8, ctx.out / "bases.png")
   error = float(np.linalg.norm(U - np.asarray(fit.H) @ np.asarray(fit.W).T) / np.linalg.norm(U))
-  report["bases"] = dict(n=len(U), seconds=seconds, rel_error=error)
-  return conejax.make_cones(fit.W, 0.0)
+  ctx.report["bases"] = dict(n=len(U), iterations=ctx.size["bases_iter"], seconds=seconds,
+                             rel_error=error)
+  ctx.cones["all"] = conejax.make_cones(fit.W / np.linalg.norm(fit.W, axis=0), 0.0)
 
 
-def projections(cones_all, cones_class, x_test, y_test, out):
-  """Twelve test digits, their projection on the all-digit cone and on their class cone."""
-  picks = np.array([np.flatnonzero(y_test == c)[0] for c in range(10)] +
-                   [np.flatnonzero(y_test == 8)[1], np.flatnonzero(y_test == 3)[1]])
-  x = x_test[picks]
-  on_all = np.asarray(conejax.project(cones_all, x))[:, 0]
-  own = np.asarray(conejax.project(cones_class, x))
-  on_class = own[np.arange(len(picks)), y_test[picks]]
-  titles = ["test"] * 12 + ["all-digit cone"] * 12 + ["own-class cone"] * 12
-  image_grid(np.concatenate([x, on_all, on_class]), 3, 12, out / "projections.png", titles)
+def zero_versus_one(ctx):
+  """Digits 0 vs 1 by rank-64 cones (--full: also the reference recipe, fitted anew).
 
-
-def zero_versus_one(x_train, y_train, x_test, y_test, key, report):
-  """Rank-64 cones on (up to) 5000 training images of each of 0 and 1."""
-  train = np.concatenate([np.flatnonzero(y_train == c)[:5000] for c in (0, 1)])
+  Quick and smoke take the ten-digit section's cones of 0 and 1: fit_cones fits each class
+  on its own, so they are the cones of 0 and 1 fitted on 0s and 1s.
+  """
+  x_train, y_train, x_test, y_test = ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test
+  train = np.flatnonzero((y_train == 0) | (y_train == 1))
   test = np.flatnonzero((y_test == 0) | (y_test == 1))
+  best = ctx.cones["classes"]
+  rank = int(best.W.shape[-1])
+  candidates = [("k-means init, 20 MU", conejax.make_cones(best.W[:2], best.mu_h,
+                                                           classes=best.classes[:2]))]
+  if ctx.size["ref_ranks"]:
+    candidates.insert(0, ("reference (nndsvda, 200 MU)", conejax.fit_cones(
+        x_train[train], y_train[train], rank, key=ctx.key, **REFERENCE)))
   rows = {}
-  for name, config in (("reference (nndsvda, 200 MU)", REFERENCE),
-                       ("k-means init, 20 MU", BEST)):
-    cones = conejax.fit_cones(x_train[train], y_train[train], 64, key=key, **config)
-    predicted = conejax.predict(cones, x_test[test])
-    correct = predicted == y_test[test]
-    rows[name] = dict(first_2000=float(np.mean(correct[:2000])), all=float(np.mean(correct)),
-                      errors=int(np.sum(~correct)), n_test=len(test),
-                      n_train_per_class=len(train) // 2)
-  report["zero_vs_one"] = rows
+  for name, cones in candidates:
+    correct = conejax.predict(cones, x_test[test]) == y_test[test]
+    rows[name] = dict(rank=rank, accuracy=float(np.mean(correct)), errors=int(np.sum(~correct)),
+                      n_test=len(test), n_train=len(train))
+  ctx.report["zero_vs_one"] = rows
 
 
-def ten_digits(x_train, y_train, x_test, y_test, key, report, ranks, extra_ranks):
-  """Nearest-cone accuracy against rank, next to three baselines trained on the same data.
+def ten_digits(ctx):
+  """Nearest-cone accuracy against rank, beside baselines trained on the same images.
 
   Fit times include compilation; prediction is timed on its second call (same shapes).
   """
+  x_train, y_train, x_test, y_test = ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test
   rows = []
-  for label, config, config_ranks in (
-      ("cones, reference (nndsvda, 200 MU)", REFERENCE, ranks),
-      ("cones, k-means init, 20 MU", BEST, ranks + extra_ranks)):
-    for rank in config_ranks:
-      cones, fit_s = timed(lambda: conejax.fit_cones(x_train, y_train, rank, key=key, **config))
-      conejax.predict(cones, x_test)  # compile for these shapes
-      predicted, predict_s = timed(lambda: conejax.predict(cones, x_test))
+  for label, config, ranks in (("cones, reference (nndsvda, 200 MU)", REFERENCE,
+                                ctx.size["ref_ranks"]),
+                               ("cones, k-means init, 20 MU", BEST, ctx.size["ranks"])):
+    for rank in ranks:
+      cones, fit_s = timed(lambda: conejax.fit_cones(x_train, y_train, rank, key=ctx.key,
+                                                     **config))
+      predicted, predict_s = warm_timed(lambda: conejax.predict(cones, x_test))
       rows.append(dict(model=f"{label}, rank {rank}", accuracy=float(np.mean(predicted == y_test)),
                        fit_seconds=fit_s, predict_seconds=predict_s))
-      if rank == 64 and config is BEST:
-        best64 = cones
-  for label, fit in (("logistic regression (JAX, optax)",
-                      lambda: baselines.fit_logistic(x_train, y_train, key=key)),
-                     ("MLP, 256 hidden units (JAX, optax)",
-                      lambda: baselines.fit_mlp(x_train, y_train, key=key)),
-                     ("PCA nearest affine subspace, k = 32",
-                      lambda: baselines.fit_pca_subspaces(x_train, y_train, k=32))):
-    start = time.perf_counter()
-    predict = fit()
-    fit_s = time.perf_counter() - start
+      if config is BEST:
+        ctx.cones[rank] = cones
+        ctx.cones["classes"] = cones  # the largest rank of the best configuration
+  peers = [] if ctx.mode == "smoke" else [("logistic regression (JAX, optax)",
+            lambda: baselines.fit_logistic(x_train, y_train, key=ctx.key))]
+  if ctx.mode == "full":
+    peers.append(("PCA nearest affine subspace, k = 32",
+                  lambda: baselines.fit_pca_subspaces(x_train, y_train, k=32)))
+  if ctx.size["mlp"]:
+    peers.insert(1, ("MLP, 256 hidden units (JAX, optax)",
+                     lambda: baselines.fit_mlp(x_train, y_train, key=ctx.key)))
+  for label, fit in peers:
+    predict, fit_s = timed(fit)
     predicted, predict_s = timed(lambda: predict(x_test))
     rows.append(dict(model=label, accuracy=float(np.mean(predicted == y_test)),
                      fit_seconds=fit_s, predict_seconds=predict_s))
-  report["ten_digits"] = rows
-  return best64
+  ctx.report["ten_digits"] = rows
+  projections(ctx)
 
 
-def anomaly(x_train, y_train, x_test, y_test, key, report, held_out=0):
-  """Cones for nine digits; the distance to the nearest one scores the held-out digit."""
-  keep = y_train != held_out
-  cones = conejax.fit_cones(x_train[keep], y_train[keep], 64, key=key, **BEST)
-  scores = np.asarray(conejax.anomaly_score(cones, x_test))
-  auc = roc_auc_score(y_test == held_out, scores)
-  report["anomaly"] = dict(held_out=held_out, roc_auc=float(auc))
+def projections(ctx):
+  """Twelve test digits, their projection on the all-digit cone and on their class cone."""
+  x_test, y_test = ctx.x_test, ctx.y_test
+  picks = np.array([np.flatnonzero(y_test == c)[0] for c in range(10)] +
+                   [np.flatnonzero(y_test == 8)[1], np.flatnonzero(y_test == 3)[1]])
+  x = x_test[picks]
+  on_all = np.asarray(conejax.project(ctx.cones["all"], x))[:, 0]
+  own = np.asarray(conejax.project(ctx.cones["classes"], x))
+  on_class = own[np.arange(len(picks)), y_test[picks]]
+  titles = ["test"] * 12 + ["all-digit cone"] * 12 + ["own-class cone"] * 12
+  image_grid(np.concatenate([x, on_all, on_class]), 3, 12, ctx.out / "projections.png", titles)
 
 
-def clustering(x_test, y_test, key, report, rank=8):
-  """k-cones with ten clusters on the test set: adjusted Rand index and purity."""
-  (labels, _), seconds = timed(lambda: conejax.kcones(x_test, 10, rank, key=key, n_iter=10,
-                                                       max_iter=50, method="mu"))
+def uses(ctx):
+  """The same class cones, reused: anomaly scores, k-cones clustering, compression, features.
+
+  Anomaly: the cones of the nine other digits (fit_cones fits each class on its own, so they
+  are the class cones less digit 0's) score the held-out digit 0.
+  """
+  cones, x_test, y_test = ctx.cones["classes"], ctx.x_test, ctx.y_test
+  held_out = 0
+  others = conejax.make_cones(cones.W[1:], cones.mu_h, classes=cones.classes[1:])
+  scores = np.asarray(conejax.anomaly_score(others, x_test))
+  rank = 8
+  (labels, _), seconds = timed(lambda: conejax.kcones(
+      x_test, 10, rank, key=ctx.key, n_iter=ctx.size["kcones_iter"], max_iter=50, method="mu"))
   purity = sum(np.bincount(y_test[labels == k]).max() for k in np.unique(labels)) / len(y_test)
-  report["clustering"] = dict(ari=float(adjusted_rand_score(y_test, labels)),
-                              purity=float(purity), rank=rank, seconds=seconds)
+  digits = x_test[y_test == 3]
+  compressed = {}
+  for n in [n for n in ctx.size["compress"] if n <= cones.W.shape[-1]]:
+    _, error = conejax.compress(cones.W[3], digits, n)
+    compressed[n] = float(np.median(np.asarray(error)))
+  features = np.asarray(conejax.features(cones, x_test))
+  ctx.report["uses"] = dict(
+      anomaly=dict(held_out=held_out, roc_auc=float(roc_auc_score(y_test == held_out, scores))),
+      clustering=dict(rank=rank, n_iter=ctx.size["kcones_iter"], seconds=seconds,
+                      ari=float(adjusted_rand_score(y_test, labels)), purity=float(purity)),
+      compression=dict(digit=3, median_rel_error=compressed),
+      features=dict(shape=list(features.shape),
+                    nonzero_fraction=float(np.mean(features > 0))))
 
 
-WHY = """Why plain NMF cones lag, and what closed the gap. NMF from NNDSVDa or random starts
-learns parts (short strokes, see the bases figure); a cone of parts also contains the other
-classes' digits, so a better fit (more iterations, HALS, higher rank) covers more of the
-other classes and classifies worse: at rank 64, 200 updates reach 93.4% (NNDSVDa) or
-94.5% (random), HALS 92.5-92.9%, rank 256 92.6%, and an L1 weight on the codes changes
-little or hurts. Starting each class's atoms at its k-means centroids (whole prototypes of
-that class) and refining them by only 20 multiplicative updates keeps every atom a
-recognisable digit of its class: 96.7% at rank 64, and accuracy now grows with the rank
-(97.4% at 128, 97.8% at 256). No fine-tuning, no other class's data is used."""
+def inverse(ctx):
+  """experiments/inverse_problems.py on a subset of its tasks (all with --full).
 
+  Smoke: one deblurring by ``reconstruct`` and one separation by ``separate`` on the class
+  cones instead (the experiment's tuning loops compile too many shapes for a minute).
+  """
+  if ctx.mode == "smoke":
+    from conejax import operators
+    cones, x = ctx.cones["classes"], ctx.x_test
+    A = operators.blur(np.full((5, 5), 1 / 25, np.float32), (28, 28))
+    out = conejax.reconstruct(cones, operators.apply(A, x), A, mu_h=0.0, select="union")
+    parts = conejax.separate(cones, x[:10] + x[10:20])
+    psnr = inverse_problems.psnr(np.asarray(out.u, np.float64), np.asarray(x, np.float64))
+    ctx.report["inverse"] = dict(n_test=len(x), n_val=0, separation=[], folder=".", rows=[
+        dict(task="deblurring", level="5x5 box", method="conejax union (l2)", parameter=0.0,
+             psnr=float(np.mean(psnr)), ssim=float("nan"), seconds=0.0)],
+        separation_shape=list(parts.shape))
+    return
+  n_test, n_val = ctx.size["inverse_n"]
+  tasks = ctx.size["inverse_tasks"]
+  with contextlib.redirect_stdout(sys.stderr):
+    rows, sep_rows = inverse_problems.run(ctx.data_path, ctx.sub_out, n_test=n_test, n_val=n_val,
+                                          tasks=None if tasks is None else list(tasks),
+                                          quick=ctx.mode != "full")
+  ctx.report["inverse"] = dict(n_test=n_test, n_val=n_val, rows=rows, separation=sep_rows,
+                               folder=str(ctx.sub_out.relative_to(ctx.out)))
+
+
+def tuning(ctx):
+  """Fine-tuning the class cones with optax: a short cross-entropy run (quick, smoke), or
+  experiments/finetune.py (--full: discriminative against the MLP, and adversarial)."""
+  if ctx.mode == "full":
+    with contextlib.redirect_stdout(sys.stderr):
+      finetune.run(ctx.data_path, ctx.sub_out)
+    result = json.loads((ctx.sub_out / "finetune.json").read_text())
+    ctx.report["finetune"] = dict(ten_digits=result["ten_digits"], separation=result["separation"],
+                                  folder=str(ctx.sub_out.relative_to(ctx.out)))
+    return
+  import optax
+  rank = ctx.size["ranks"][0]
+  cones, steps = ctx.cones[rank], ctx.size["finetune_steps"]
+  n_val = len(ctx.y_train) // 12
+  order = np.random.default_rng(0).permutation(len(ctx.y_train))
+  val, train = order[:n_val], order[n_val:]
+  tuned = conejax.finetune(cones, ctx.x_train[train], ctx.y_train[train],
+                           optax.adam(optax.cosine_decay_schedule(3e-3, steps)), steps=steps,
+                           key=ctx.key, validation=(ctx.x_train[val], ctx.y_train[val]),
+                           eval_every=max(steps // 3, 1), progress=False)
+  score = lambda c: conejax.score(c, ctx.x_test, ctx.y_test)
+  ctx.report["finetune"] = dict(rank=rank, steps=steps, best_step=int(tuned.best_step),
+                                seconds=float(tuned.seconds), accuracy_before=score(cones),
+                                accuracy_after=score(tuned.cones))
+
+
+def restoration(ctx):
+  """Patch cones trained on one natural image denoise another (scikit-image's bundled ones)."""
+  from skimage import data as images
+  from skimage.metrics import peak_signal_noise_ratio
+  size = ctx.size["restore_size"]
+
+  def gray(name):
+    x = getattr(images, name)()
+    x = x.mean(-1) if x.ndim == 3 else x
+    x = np.asarray(x, np.float64) / 255.0
+    top, left = (x.shape[0] - size) // 2, (x.shape[1] - size) // 2
+    return x[top:top + size, left:left + size]
+
+  train, truth = gray("astronaut"), gray("camera")
+  cones, fit_s = timed(lambda: conejax.fit_patch_cones(
+      [train], 8, key=ctx.key, rank=ctx.size["restore_rank"], n_cones=ctx.size["restore_cones"],
+      n_train=4000))
+  sigma = 0.1
+  noisy = truth + sigma * np.random.default_rng(0).standard_normal(truth.shape)
+  run = lambda: conejax.restore(cones, np.asarray(noisy.ravel(), np.float32), image_shape=truth.shape,
+                                sigma=sigma, n_iter=1, stride=1, tau=2.5, reweight=1)
+  restored, seconds = timed(run)
+  restored = np.clip(np.asarray(restored, np.float64).reshape(truth.shape), 0, 1)
+  psnr = lambda x: float(peak_signal_noise_ratio(truth, np.clip(x, 0, 1), data_range=1.0))
+  fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.7))
+  for ax, image, title in zip(axes, (noisy, restored, truth),
+                              (f"noisy {psnr(noisy):.1f} dB", f"restored {psnr(restored):.1f} dB",
+                               "truth")):
+    ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(ctx.out / "restoration.png", dpi=110)
+  plt.close(fig)
+  ctx.report["restoration"] = dict(size=size, sigma=sigma, rank=ctx.size["restore_rank"],
+                                   n_cones=ctx.size["restore_cones"], fit_seconds=fit_s, seconds=seconds,
+                                   psnr_noisy=psnr(noisy), psnr_restored=psnr(restored))
+
+
+SHARDED_CHILD = """
+import json, sys, jax, numpy as np, conejax
+from conejax.data import load_mnist
+x, y, xt, yt = load_mnist(sys.argv[1] if sys.argv[1] != "-" else None)
+U = x[:2000]
+key = jax.random.key(0)
+mesh = conejax.make_mesh()
+sharded = conejax.nmf_sharded(U, 16, key=key, mesh=mesh, method="hals", max_iter=20, tol=0)
+single = conejax.nmf(U, 16, key=key, method="hals", max_iter=20, tol=0)
+cones = conejax.fit_cones(x[:3000], y[:3000], 8, key=key)
+agree = np.mean(conejax.predict_sharded(cones, xt, mesh) == conejax.predict(cones, xt))
+diff = float(np.max(np.abs(np.asarray(sharded.W) - np.asarray(single.W))) /
+             float(np.max(np.abs(np.asarray(single.W)))))
+print(json.dumps(dict(devices=len(jax.devices()), mesh=dict(mesh.shape), w_rel_diff=diff,
+                      predictions_agree=float(agree))))
+"""
+
+
+def scale_out(ctx):
+  """nmf_sharded and predict_sharded on a mesh of host devices, against one device.
+
+  Runs in a subprocess that fakes ``sharding_devices`` CPU devices (XLA_FLAGS), since JAX's
+  device count is fixed when it starts; 0 uses this process's own devices.
+  """
+  n = ctx.size["sharding_devices"]
+  data = ctx.data_path or "-"
+  if n == 0:
+    namespace = {}
+    argv, sys.argv = sys.argv, ["-", data]
+    try:
+      with contextlib.redirect_stdout(sys.stderr):
+        exec(compile(SHARDED_CHILD.replace("print(", "result = ("), "sharded", "exec"),
+             namespace)
+    finally:
+      sys.argv = argv
+    result = json.loads(namespace["result"])
+  else:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", SHARDED_CHILD, data], env=env, check=True,
+                          capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+  ctx.report["scale_out"] = result
+
+
+def streaming(ctx):
+  """nmf_minibatch over chunks of the training set against batch HALS on all of it."""
+  U = ctx.x_train
+  chunk = ctx.size["stream_chunk"]
+  chunks = lambda: (U[i:i + chunk] for i in range(0, len(U), chunk))
+  stream, stream_s = timed(lambda: conejax.nmf_minibatch(
+      chunks, 16, key=ctx.key, n_epochs=ctx.size["stream_epochs"], progress=False))
+  batch, batch_s = timed(lambda: conejax.nmf(U, 16, key=ctx.key, method="hals"))
+  error = lambda W: float(np.linalg.norm(U - np.asarray(conejax.nnls(W, U).h) @ np.asarray(W).T)
+                          / np.linalg.norm(U))
+  ctx.report["streaming"] = dict(rank=16, chunk=chunk, epochs=ctx.size["stream_epochs"],
+                                 n=len(U), stream_seconds=stream_s, batch_seconds=batch_s,
+                                 stream_rel_error=error(stream.W), batch_rel_error=error(batch.W))
+
+
+def estimators(ctx):
+  """conejax.sklearn: ConeClassifier alone and in a Pipeline (--full: ConeNMF, cross-validation).
+
+  The classifier has the ten-digit section's rank-16 settings, so its score must equal the
+  functional API's (and it reuses those compiled programs).
+  """
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import cross_val_score
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import MaxAbsScaler
+  from conejax.sklearn import ConeClassifier, ConeNMF
+  X, y, rank = ctx.x_train, ctx.y_train, ctx.size["ranks"][0]
+  make = lambda: ConeClassifier(rank, random_state=0, **BEST)
+  clf, fit_s = timed(lambda: make().fit(X, y))
+  pipe = make_pipeline(MaxAbsScaler(), make()).fit(X, y)
+  ctx.report["sklearn"] = dict(
+      n=len(y), classifier=f"ConeClassifier({rank}, init='kmeans', max_iter=20)",
+      accuracy=float(clf.score(ctx.x_test, ctx.y_test)),
+      functional_accuracy=float(conejax.score(ctx.cones[rank], ctx.x_test, ctx.y_test)),
+      fit_seconds=fit_s, pipeline="MaxAbsScaler -> ConeClassifier",
+      pipeline_accuracy=float(pipe.score(ctx.x_test, ctx.y_test)))
+  if ctx.size["sklearn_cv"]:
+    nmf_pipe = make_pipeline(ConeNMF(32, random_state=0), LogisticRegression(max_iter=300))
+    scores = cross_val_score(ConeClassifier(16, random_state=0), X, y, cv=3)
+    ctx.report["sklearn"].update(
+        cv_accuracy=[float(s) for s in scores],
+        nmf_pipeline_accuracy=float(nmf_pipe.fit(X, y).score(ctx.x_test, ctx.y_test)))
+
+
+def reuse(ctx):
+  """experiments/reuse.py --quick (operator-aware classification, transfer, calibration)."""
+  args = [sys.executable, str(HERE / "reuse.py"), "--quick", "--out", str(ctx.sub_out)]
+  subprocess.run(args, capture_output=True, text=True, check=True, cwd=HERE.parent)
+  result = json.loads((ctx.sub_out / "reuse_quick.json").read_text())
+  ctx.report["reuse"] = dict(command="python experiments/reuse.py --quick",
+                             table=(ctx.sub_out / "reuse_quick.md").read_text(),
+                             targets=result.get("targets"))
+
+
+SECTIONS = [("sparse NMF bases", bases), ("sparse NNLS solvers", nnls_solvers),
+            ("cones: ten digits", ten_digits), ("cones: 0 vs 1", zero_versus_one),
+            ("anomaly, clustering, compression", uses), ("inverse problems", inverse),
+            ("fine-tuning", tuning), ("restoration of an image", restoration),
+            ("scale-out", scale_out), ("streaming NMF", streaming),
+            ("scikit-learn estimators", estimators)]
+REUSE = ("reuse: classification under operators", reuse)
+
+
+# ----------------------------------------------------------------------------- report
 
 def write_report(report, out):
-  b, z, a, c = report["bases"], report["zero_vs_one"], report["anomaly"], report["clustering"]
-  lines = [
-      "# Reproduction report", "",
-      f"Data: {report['data']}; {report['n_train']} training and {report['n_test']} test "
-      f"images; device {report['device']}; total {report['seconds']:.0f} s.", "",
-      "## Bases", "",
-      f"A rank-64 cone from 200 multiplicative updates on {b['n']} training images took "
-      f"{b['seconds']:.2f} s (reference: about 5 s on a laptop); relative error "
-      f"{b['rel_error']:.4f}. Atoms: ![bases](bases.png)", "",
-      "Projections of test digits on the all-digit cone and on their own class's cone:", "",
-      "![projections](projections.png)", "",
-      "## Digits 0 vs 1 (rank-64 cones)", "",
-      "| cones | train images per class | first 2000 test 0s and 1s | all test 0s and 1s |",
-      "|---|---|---|---|"]
-  for name, r in z.items():
-    lines.append(f"| {name} | {r['n_train_per_class']} | {100 * r['first_2000']:.2f}% | "
-                 f"{100 * r['all']:.2f}% ({r['errors']} errors in {r['n_test']}) |")
-  lines += ["", "Reference: 99.8% on 2000 test points.", "",
-            "## All ten digits", "",
-            "| model | test accuracy | fit s | predict s |", "|---|---|---|---|"]
-  for r in report["ten_digits"]:
-    lines.append(f"| {r['model']} | {100 * r['accuracy']:.2f}% | {r['fit_seconds']:.1f} | "
-                 f"{r['predict_seconds']:.2f} |")
-  lines += ["", "Reference: comparable to a simple neural network. Reference figures measured on "
-            "this machine with a JAX prototype (full MNIST): nearest cone 93.3% (rank 64), "
-            "PCA nearest subspace 95.7%, logistic regression 92.7%, 3-NN 97.1%, MLP 98.2%.", "",
-            WHY, ""]
-  sweep = out / "sweep_cones.md"
-  if sweep.exists():
-    lines += ["Accuracy against rank, init, method and mu_h (full MNIST, "
-              "`experiments/sweep_cones.py`; fit and predict seconds from the machine it ran "
-              "on, named in the table's heading):", "", sweep.read_text(), ""]
-  lines += [
-            "## Anomaly detection", "",
-            f"Cones for the nine other digits; the distance to the nearest cone separates the "
-            f"held-out digit {a['held_out']} from the rest with ROC AUC {a['roc_auc']:.3f}.", "",
-            "## Clustering", "",
-            f"k-cones (10 cones of rank {c['rank']}) on the test set: adjusted Rand index "
-            f"{c['ari']:.3f}, purity {c['purity']:.3f} ({c['seconds']:.0f} s).", ""]
-  inverse = out / "inverse_problems.md"
-  if inverse.exists():
-    lines += ["## Inverse problems with the same cones", "",
-              "`experiments/inverse_problems.py`: 500 test digits, every parameter tuned on "
-              "held-out training digits; panels in `inverse_*.png`.", "", inverse.read_text(), ""]
-  tuned = out / "finetune.md"
-  if tuned.exists():
-    lines += ["## Fine-tuned cones", "",
-              "`experiments/finetune.py`: discriminative fine-tuning of the ten rank-64 class "
-              "cones against the 256-unit MLP trained in the same run on the same images, and "
-              "adversarial fine-tuning for the 0 + 1 separation. Curves: "
-              "![history](finetune_history.png) ![separation](finetune_separation.png)", "",
-              tuned.read_text(), ""]
-  (out / "REPORT.md").write_text("\n".join(lines))
+  """OUT/REPORT.md from the run's numbers (and the sub-experiments' tables)."""
+  md = ReportWriter(report, out)
+  (out / "REPORT.md").write_text(md.text())
 
 
-def main():
+class ReportWriter:
+  def __init__(self, report, out):
+    self.r, self.out, self.lines = report, out, []
+
+  def add(self, *lines):
+    self.lines += list(lines)
+
+  def table(self, header, rows):
+    self.add("| " + " | ".join(header) + " |", "|" + "---|" * len(header))
+    self.add(*("| " + " | ".join(str(c) for c in row) + " |" for row in rows))
+    self.add("")
+
+  def text(self):
+    r = self.r
+    self.add("# Reproduction report", "",
+             f"`{r['command']}`: {r['mode']} mode; data: {r['data']} ({r['n_train']} training and "
+             f"{r['n_test']} test images); device {r['device']}; {r['seconds']:.0f} s wall, "
+             f"{r['cpu_seconds']:.0f} s CPU ({r['cpus']} CPUs); JAX's compilation cache "
+             + ("off" if not r["compilation_cache"] else
+                f"held {r['cache_entries_at_start']} programs at the start (0: a cold run)")
+             + ".", "")
+    b = r["bases"]
+    self.add("## Sparse NMF bases", "",
+             f"Rank 64, {b['iterations']} multiplicative updates on {b['n']} training images: "
+             f"{b['seconds']:.2f} s (after compilation; reference: about 5 s on a laptop), "
+             f"relative error {b['rel_error']:.4f}.", "", "![bases](bases.png)", "",
+             "Test digits, their projection on this all-digit cone and on their own class's "
+             "cone:", "", "![projections](projections.png)", "")
+    n = r["nnls"]
+    self.add("## Sparse NNLS solvers", "",
+             f"Codes of {n['n']} test digits on the {n['d']}-atom dictionary above (mu = 0); "
+             "gap: largest relative objective gap to scipy.optimize.nnls; seconds after "
+             "compilation.", "")
+    self.table(("solver", "seconds", "max gap", "converged"),
+               [(x["solver"], f"{x['seconds']:.3f}", f"{x['max_gap']:.0e}",
+                 "" if "converged" not in x else f"{100 * x['converged']:.0f}%")
+                for x in n["rows"]])
+    self.add("## Nearest-cone classification", "")
+    self.table(("digits 0 vs 1", "rank", "train images", "test accuracy"),
+               [(k, v["rank"], v["n_train"], f"{100 * v['accuracy']:.2f}% ({v['errors']} errors "
+                 f"in {v['n_test']})") for k, v in r["zero_vs_one"].items()])
+    self.table(("ten digits", "test accuracy", "fit s", "predict s"),
+               [(x["model"], f"{100 * x['accuracy']:.2f}%", f"{x['fit_seconds']:.1f}",
+                 f"{x['predict_seconds']:.2f}") for x in r["ten_digits"]])
+    u = r["uses"]
+    self.add("## The same cones, reused", "",
+             f"- Anomaly detection: the cones of the nine other digits score held-out digit "
+             f"{u['anomaly']['held_out']} with ROC AUC {u['anomaly']['roc_auc']:.3f}.",
+             f"- k-cones clustering (10 cones of rank {u['clustering']['rank']}, "
+             f"{u['clustering']['n_iter']} rounds) of the test set: adjusted Rand index "
+             f"{u['clustering']['ari']:.3f}, purity {u['clustering']['purity']:.3f} "
+             f"({u['clustering']['seconds']:.0f} s).",
+             "- Compression of test 3s on their class cone, median relative error: " + ", ".join(
+                 f"{e:.3f} with {k} non-zeros" for k, e in
+                 u["compression"]["median_rel_error"].items()) + ".",
+             f"- Features: codes on every cone, shape {tuple(u['features']['shape'])}, "
+             f"{100 * u['features']['nonzero_fraction']:.0f}% non-zero.", "")
+    self.inverse()
+    self.finetune()
+    s = r["restoration"]
+    self.add("## Restoration of a natural image", "",
+             f"{s['n_cones']} patch cones of rank {s['rank']} (8 x 8 patches of astronaut, "
+             f"{s['fit_seconds']:.0f} s) denoise the central {s['size']} x {s['size']} crop of "
+             f"camera at sigma {s['sigma']}: {s['psnr_noisy']:.2f} -> {s['psnr_restored']:.2f} "
+             f"dB PSNR in {s['seconds']:.1f} s. The full protocol against BM3D and the classics "
+             "is experiments/natural_images.py (docs: Restoration).", "",
+             "![restoration](restoration.png)", "")
+    m = r["scale_out"]
+    self.add("## Scale-out", "",
+             f"nmf_sharded (rank 16, 20 HALS iterations, rows over the mesh {m['mesh']} of "
+             f"{m['devices']} host devices) against nmf on one device: largest difference in "
+             f"W {m['w_rel_diff']:.1e} of its largest entry; predict_sharded agrees with "
+             f"predict on {100 * m['predictions_agree']:.2f}% of the test set.", "")
+    t = r["streaming"]
+    self.add("## Streaming NMF", "",
+             f"nmf_minibatch (rank {t['rank']}, chunks of {t['chunk']}, {t['epochs']} epochs) "
+             f"on {t['n']} images: relative error {t['stream_rel_error']:.4f} in "
+             f"{t['stream_seconds']:.1f} s, against batch HALS "
+             f"{t['batch_rel_error']:.4f} in {t['batch_seconds']:.1f} s.", "")
+    k = r["sklearn"]
+    self.add("## scikit-learn estimators", "",
+             f"{k['classifier']} on {k['n']} training images: test accuracy "
+             f"{100 * k['accuracy']:.2f}% ({k['fit_seconds']:.1f} s; conejax.score of the "
+             f"cones of the same settings from fit_cones: {100 * k['functional_accuracy']:.2f}%);"
+             f" Pipeline {k['pipeline']}: {100 * k['pipeline_accuracy']:.2f}%."
+             + ("" if "cv_accuracy" not in k else
+                " cross_val_score(ConeClassifier(16), 3 folds): " + ", ".join(
+                    f"{100 * a:.2f}%" for a in k["cv_accuracy"])
+                + f"; Pipeline ConeNMF(32) -> LogisticRegression: "
+                f"{100 * k['nmf_pipeline_accuracy']:.2f}%."), "")
+    if "reuse" in r:
+      self.add("## Reuse: classification under operators, calibration, transfer", "",
+               f"`{r['reuse']['command']}`:", "", r["reuse"]["table"], "")
+    self.add("## Time per section", "")
+    self.table(("section", "wall s", "CPU s"),
+               [(name, f"{w:.1f}", f"{c:.1f}") for name, (w, c) in r["timing"].items()])
+    return "\n".join(self.lines)
+
+  def inverse(self):
+    v = self.r["inverse"]
+    self.add("## Inverse problems and source separation", "",
+             f"experiments/inverse_problems.py ({v['n_test']} test digits, every parameter tuned "
+             f"on {v['n_val']} held-out training digits; panels in "
+             f"`{v['folder']}/inverse_*.png`):", "")
+    self.table(("task", "degradation", "method", "PSNR dB", "SSIM"),
+               [(x["task"], x["level"], x["method"], f"{x['psnr']:.2f}", f"{x['ssim']:.3f}")
+                for x in v["rows"]])
+    if v["separation"]:
+      self.table(("separation (Wiener mask)", "tuned mu_h", "median PSNR dB"),
+                 [(f"{x['pair']} ({x['n']} test mixtures)", f"{x['mu_h']:g}",
+                   f"{x['median_psnr']:.2f}") for x in v["separation"]])
+
+  def finetune(self):
+    f = self.r["finetune"]
+    self.add("## Fine-tuning with optax", "")
+    if "ten_digits" not in f:
+      self.add(f"The rank-{f['rank']} class cones, {f['steps']} Adam steps of cross entropy "
+               f"(cosine schedule from 3e-3, validation on 1/12 of the training images picks "
+               f"step {f['best_step']}; {f['seconds']:.0f} s): test accuracy "
+               f"{100 * f['accuracy_before']:.2f}% -> {100 * f['accuracy_after']:.2f}%. "
+               "The full experiment (against the MLP, and adversarial fine-tuning for "
+               "separation) is `--full` or experiments/finetune.py.", "")
+      return
+    self.table(("ten digits", "test accuracy", "seconds"),
+               [(x["model"], f"{100 * x['accuracy']:.2f}%", f"{x['seconds']:.0f}")
+                for x in f["ten_digits"]])
+    self.table(("0 + 1 separation", "rank", "median PSNR dB"),
+               [(x["cones"], x["rank"], f"{x['median_psnr']:.2f}") for x in f["separation"]])
+    self.add(f"Curves: ![history]({f['folder']}/finetune_history.png) "
+             f"![separation]({f['folder']}/finetune_separation.png)", "")
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data", default=None, help="full mnist.npz (default: embedded subset)")
-  parser.add_argument("--out", default="results")
-  parser.add_argument("--ranks", default="16,32,64")
-  parser.add_argument("--extra_ranks", default="128,256", help="more ranks, best config only")
-  parser.add_argument("--skip_inverse", action="store_true",
-                      help="leave out experiments/inverse_problems.py")
-  parser.add_argument("--skip_finetune", action="store_true",
-                      help="leave out experiments/finetune.py")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
+  group = parser.add_mutually_exclusive_group()
+  group.add_argument("--smoke", action="store_true", help="tiny sizes, under a minute (CI)")
+  group.add_argument("--full", action="store_true", help="the heavy settings (all ranks, all "
+                     "inverse tasks, every separation pair, full fine-tuning)")
+  parser.add_argument("--out", default=None,
+                      help="output folder (default: results; results/smoke with --smoke)")
+  parser.add_argument("--no_reuse", action="store_true",
+                      help="leave out experiments/reuse.py --quick")
+  parser.add_argument("--cache", default=str(CACHE),
+                      help="JAX's persistent compilation cache ('' for none; default %(default)s)")
+  args = parser.parse_args(argv)
+  if args.cache:  # most of a run's CPU time is XLA compiling: later runs reuse the programs
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = args.cache  # the subprocesses too
+    jax.config.update("jax_compilation_cache_dir", args.cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  cached = len(list(pathlib.Path(args.cache).glob("*"))) if args.cache else 0
+  mode = "smoke" if args.smoke else "full" if args.full else "quick"
+  out = pathlib.Path(args.out or ("results/smoke" if mode == "smoke" else "results"))
   out.mkdir(parents=True, exist_ok=True)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), cpu_seconds()
   x_train, y_train, x_test, y_test = load_mnist(args.data)
-  key = jax.random.key(0)
-  report = dict(data=args.data or "embedded subset", n_train=len(y_train), n_test=len(y_test),
-                device=str(jax.devices()[0]))
-  steps = tqdm(total=8, desc="reproduce", unit="step")
-  cones_all = bases(x_train, key, out, report)
-  steps.update()
-  zero_versus_one(x_train, y_train, x_test, y_test, key, report)
-  steps.update()
-  ranks = [int(r) for r in args.ranks.split(",")]
-  extra = [int(r) for r in args.extra_ranks.split(",") if r]
-  best64 = ten_digits(x_train, y_train, x_test, y_test, key, report, ranks, extra)
-  steps.update()
-  projections(cones_all, best64, x_test, y_test, out)
-  anomaly(x_train, y_train, x_test, y_test, key, report)
-  steps.update()
-  clustering(x_test, y_test, key, report)
-  steps.update()
-  if not args.skip_inverse:
-    inverse_problems.run(args.data, out)
-  steps.update()
-  if not args.skip_finetune:
-    finetune.run(args.data, out)
-  steps.update()
-  report["seconds"] = time.perf_counter() - start
+  size = MODES[mode]
+  train, test = per_class(y_train, size["n_train"], None), per_class(y_test, size["n_test"], None)
+  ctx = Context((x_train[train], y_train[train], x_test[test], y_test[test]), mode, out,
+                jax.random.key(0))
+  ctx.data_path = args.data
+  if mode == "smoke":  # the sub-experiments load their own data: give them the tiny sizes
+    ctx.data_path = str(_tiny_npz(ctx))
+  ctx.sub_out.mkdir(parents=True, exist_ok=True)
+  sections = list(SECTIONS)
+  if (HERE / "reuse.py").exists() and not args.no_reuse and mode != "smoke":
+    sections.append(REUSE)
+  timing = {}
+  with tqdm(sections, desc="main job", unit="section") as bar:
+    for name, section in bar:
+      bar.set_description(name)
+      wall, cpu = time.perf_counter(), cpu_seconds()
+      section(ctx)
+      timing[name] = (time.perf_counter() - wall, cpu_seconds() - cpu)
+  report = ctx.report
+  report.update(
+      command="python experiments/reproduce.py" + {"smoke": " --smoke", "full": " --full",
+                                                   "quick": ""}[mode]
+      + (f" --data {args.data}" if args.data else ""),
+      mode=mode, data=args.data or "embedded subset", n_train=len(ctx.y_train),
+      compilation_cache=args.cache or None, cache_entries_at_start=cached,
+      n_test=len(ctx.y_test), device=str(jax.devices()[0]), cpus=os.cpu_count(),
+      seconds=time.perf_counter() - start, cpu_seconds=cpu_seconds() - cpu_start,
+      timing=timing, date=time.strftime("%Y-%m-%d"))
   write_report(report, out)
-  (out / "reproduce.json").write_text(json.dumps(report, indent=1))
-  steps.update()
-  steps.close()
+  (out / "reproduce.json").write_text(json.dumps(report, indent=1, default=_plain))
   print((out / "REPORT.md").read_text())
+  return report
+
+
+def _plain(value):
+  """JSON for numpy scalars and arrays."""
+  return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _tiny_npz(ctx):
+  """The smoke run's data as an mnist.npz, for the sub-experiments that load their own."""
+  path = ctx.sub_out / "tiny_mnist.npz"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  to_uint8 = lambda x: np.round(np.asarray(x) * 255).astype(np.uint8).reshape(-1, 28, 28)
+  np.savez(path, x_train=to_uint8(ctx.x_train), y_train=ctx.y_train, x_test=to_uint8(ctx.x_test),
+           y_test=ctx.y_test)
+  return path
 
 
 if __name__ == "__main__":
