@@ -89,6 +89,12 @@ def solve_dictionary(W, V, mu, H0, *, solver, batch_size, differentiation, penal
   batch = V.shape[:-1]
   X = V.reshape(-1, m)
   H0 = (H0 if W.ndim == 3 else H0[..., None, :]).reshape(X.shape[0], W3.shape[0], d)
+  # XLA:CPU computes a single row's products as matrix-vector products, whose rounding
+  # differs from a batch's matrix products (1e-5 relative in float32 codes on k-means
+  # cones): a lone sample is solved as two copies, so its code is bitwise its code in a batch.
+  single = X.shape[0] == 1
+  if single:
+    X, H0 = jnp.concatenate([X, X]), jnp.concatenate([H0, H0])
   ea, eb = _scale.exponent_of(X, -1), _scale.exponent_of(W3, (1, 2))
   X = jnp.ldexp(X, -ea[:, None])
 
@@ -106,6 +112,8 @@ def solve_dictionary(W, V, mu, H0, *, solver, batch_size, differentiation, penal
     return out._replace(h=jnp.ldexp(out.h, shift))
 
   out = lax.map(one, (W3, eb, jnp.moveaxis(H0, 1, 0)))           # leaves (K, n, ...)
+  if single:
+    out = jax.tree_util.tree_map(lambda x: x[:, :1], out)
   if W.ndim == 2:
     return NNLSResult(*(x[0].reshape(batch + x.shape[2:]) for x in out))
   return NNLSResult(*(jnp.moveaxis(x, 0, 1).reshape(batch + (W3.shape[0],) + x.shape[2:])

@@ -28,7 +28,9 @@ KEY = jax.random.key(0)
 
 @pytest.fixture(scope="module")
 def report():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  # Backend level 0 as the rest of the suite (tests/conftest.py): compilation dominates.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+             "--xla_backend_optimization_level=0",
              JAX_PLATFORMS="cpu")
   run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
                        env=env, timeout=300, check=False)

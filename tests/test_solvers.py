@@ -73,16 +73,10 @@ def test_active_set_matches_positive_lasso(mu):
   np.testing.assert_allclose(out.h, reference, atol=1e-7)
 
 
-# Relative difference between a code solved in a batch of 40 and alone, given the same
-# right-hand side c. The active set is exactly invariant; the iterative solvers freeze
-# converged samples, but in float32 XLA's batched product h G rounds differently for 1 and
-# 40 rows, and an iterate is determined only up to the tolerance (1e-6): measured 1.9e-5
-# (APG) and 7.7e-6 (ADMM) on this problem.
-INVARIANCE = {(solvers.ActiveSet, np.float32): 1e-6, (solvers.ActiveSet, np.float64): 1e-12,
-              (solvers.APG, np.float64): 1e-12, (solvers.ADMM, np.float64): 1e-12,
-              (solvers.APG, np.float32): 1e-4, (solvers.ADMM, np.float32): 1e-4}
-
-
+# A code solved in a batch of 40 and alone, from the same right-hand side, is bitwise the
+# same for every solver: the driver freezes converged samples, and a lone row is solved as
+# two copies (XLA:CPU's matrix-vector product for one row rounds differently from a
+# batch's matrix product; float32 codes differed by up to 2e-5 before, on MNIST cones).
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
 def test_a_code_does_not_depend_on_its_batch(dtype, solver):
@@ -91,8 +85,48 @@ def test_a_code_does_not_depend_on_its_batch(dtype, solver):
   batch = np.asarray(conejax.nnls_gram(G, C, 0.1, solver=solver).h, np.float64)
   alone = np.stack([np.asarray(conejax.nnls_gram(G, c[None], 0.1, solver=solver).h[0],
                                np.float64) for c in C])
-  scale = np.max(np.abs(alone), axis=1, keepdims=True)
-  assert np.max(np.abs(batch - alone) / scale) <= INVARIANCE[type(solver), dtype]
+  looped = np.stack([np.asarray(conejax.nnls(W, v, 0.1, solver=solver).h) for v in V])
+  whole = np.asarray(conejax.nnls(W, V, 0.1, solver=solver).h)
+  if isinstance(solver, solvers.ActiveSet) and dtype == np.float32:
+    # At the suite's XLA backend level 0 (tests/conftest.py) the float32 active set is
+    # only invariant to 1e-5 relative (measured 8e-6); at the default level it is bitwise
+    # (test_batch_invariance_at_the_default_compiler_level, in a fresh process).
+    scale = np.max(np.abs(alone), axis=1, keepdims=True)
+    assert np.max(np.abs(batch - alone) / scale) <= 1e-5
+    assert np.max(np.abs(whole - looped) / scale) <= 1e-5
+    return
+  np.testing.assert_array_equal(batch, alone)
+  np.testing.assert_array_equal(whole, looped)
+
+
+INVARIANCE_SCRIPT = """
+import numpy as np, jax, conejax
+from conejax import solvers
+jax.config.update("jax_enable_x64", True)
+rng = np.random.default_rng(4)
+for dtype in (np.float32, np.float64):
+  W = rng.random((30, 12)).astype(dtype); V = rng.random((40, 30)).astype(dtype)
+  for solver in (solvers.ActiveSet(), solvers.APG(), solvers.ADMM()):
+    whole = np.asarray(conejax.nnls(W, V, 0.1, solver=solver).h)
+    alone = np.stack([np.asarray(conejax.nnls(W, v, 0.1, solver=solver).h) for v in V])
+    print(np.dtype(dtype).name, type(solver).__name__, np.max(np.abs(whole - alone)))
+"""
+
+
+def test_batch_invariance_at_the_default_compiler_level():
+  """Bitwise: every solver, float32 and float64, a batch of 40 against each sample alone,
+  in a process with XLA's default flags (as users run it)."""
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run([sys.executable, "-c", INVARIANCE_SCRIPT], capture_output=True,
+                       text=True, env=dict(env, JAX_PLATFORMS="cpu"), timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-2000:]
+  lines = run.stdout.split("\n")[-7:-1]
+  assert len(lines) == 6, run.stdout
+  for line in lines:
+    assert line.endswith(" 0.0"), line
 
 
 @pytest.mark.parametrize("transform", [identity, jax.jit], ids=["eager", "jit"])

@@ -128,8 +128,16 @@ def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
                            [problem.G if quadratic else problem.B])
   shared_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in shared]))
 
+  per_sample = quadratic and problem.matrix_free
+
   def one(args):
     part, h0 = args
+    if part.shape[0] == 1 and not per_sample:
+      # XLA:CPU computes a lone row's products (h G) as matrix-vector products, which round
+      # differently from a batch's matrix products: solved as two copies, a sample's code
+      # is bitwise its code in any batch (float32 codes differed by up to 2e-5 before).
+      two = one((jnp.concatenate([part, part]), jnp.concatenate([h0, h0])))
+      return tuple(x[:1] for x in two)
     sub = problem._replace(C=part) if quadratic else problem._replace(V=part)
     if unroll:
       h, n_iter, error = _run_unrolled(solver, sub, aux, h0)
@@ -142,7 +150,7 @@ def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
     h = jnp.where(finite[:, None], h, jnp.nan)
     return h, n_iter, jnp.where(finite, residual, jnp.nan), (error <= tol) & finite
 
-  if quadratic and problem.matrix_free:
+  if per_sample:
     return one((rows, H0))  # per-sample operators: no chunking of the Gram map
   return _loops.in_chunks(one, (rows, H0), batch_size)
 
