@@ -6,6 +6,7 @@ H are (N, d), and U ~ H W^T. A ``Cones`` stacks K dictionaries as W of shape (K,
 
 from conejax import data as data
 from conejax import operators as operators
+from conejax import audio as audio
 from conejax import solvers as solvers
 from conejax._cone import Cones as Cones
 from conejax._cone import calibrate as calibrate

@@ -339,13 +339,18 @@ def _separate(W, V, mu, *, wiener, options):
 
 def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
              max_iter: int | None = None, tol: float | None = None, batch_size: int = 2048,
-             penalty: str = "absolute") -> jax.Array:
+             penalty: str = "absolute", beta_loss="frobenius") -> jax.Array:
   """Splits mixtures v = u_1 + ... + u_K into one component per cone.
 
   Codes each mixture once on the concatenated dictionary [W_1, ..., W_K] (sparse NNLS),
   takes u_k = W_k h_k and, with ``wiener=True``, refines them by the Wiener-style mask
   u_k = v * W_k h_k / sum_j W_j h_j, so that the components add up to v (where every
   W_j h_j is zero the mixture is shared equally).
+
+  With a beta-divergence (``beta_loss`` other than "frobenius") the codes minimise
+  D_beta(v | [W_1, ..., W_K] h) + mu_h |h|_1 instead, by the multiplicative updates of
+  ``conejax._nmf.nmf_codes`` (every atom fixed; KL for cones learnt under KL), and the
+  same mask is applied.
 
   Args:
     cones: ``Cones`` or a (K, m, d) stack, one cone per source type.
@@ -355,6 +360,11 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
     solver, max_iter, tol, batch_size, penalty: as in ``conejax.nnls`` ("auto" is exact;
       ``penalty="relative"`` reads mu_h as a fraction of each mixture's largest useful
       penalty, for data of any scale).
+    beta_loss: "frobenius" (default, the sparse NNLS above), "kullback-leibler",
+      "itakura-saito" or a float beta, as in ``conejax.nmf``. Other than "frobenius", V must
+      be non-negative, ``max_iter`` (default 200) and ``tol`` (default 1e-5) are those of
+      the multiplicative updates, and ``solver``, ``batch_size`` and ``penalty`` must keep
+      their defaults.
 
   Returns:
     (N, K, m) components ((K, m) for a single mixture), in the order of the cones.
@@ -381,6 +391,23 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
                      f"{tuple(V.shape)}.")
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
+  if not (isinstance(beta_loss, str) and beta_loss == "frobenius"):
+    from conejax import _nmf   # a beta-divergence: the codes of NMF's multiplicative updates
+    if (solver, batch_size, penalty) != ("auto", 2048, "absolute"):
+      raise ValueError(f"beta_loss={beta_loss!r} codes by multiplicative updates: solver, "
+                       "batch_size and penalty apply to beta_loss='frobenius' only; leave "
+                       "them at their defaults.")
+    union = jnp.transpose(W, (1, 0, 2)).reshape(W.shape[1], -1).astype(dtype)
+    H = _nmf.nmf_codes(union, V.astype(dtype), mu_h=mu, beta_loss=beta_loss, method="mu",
+                       max_iter=200 if max_iter is None else max_iter,
+                       tol=1e-5 if tol is None else tol).H
+    parts = jnp.einsum("nkd,kmd->nkm", H.reshape(-1, *W.shape[::2]), W.astype(dtype),
+                       precision=_HIGHEST)
+    if wiener:
+      total = jnp.sum(parts, axis=1, keepdims=True)
+      parts = V[:, None] * jnp.where(total > 0, parts / jnp.where(total > 0, total, 1),
+                                     1.0 / W.shape[0])
+    return parts[0] if single else parts
   solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
                                            batch_size=batch_size, differentiation="implicit",
                                            penalty=penalty, n_atoms=W.shape[0] * W.shape[2])
