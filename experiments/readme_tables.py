@@ -125,7 +125,8 @@ def mnist_full(results):
   ref, best = z["reference (nndsvda, 200 MU)"], z["k-means init, 20 MU"]
   digits = {r["model"]: r for r in results["ten_digits"]}
   acc = lambda model: f"{100 * digits[model]['accuracy']:.2f}%"
-  lines = [f"`{results.get('command', 'python experiments/reproduce.py --data ' + results['data'])}`"
+  command = results.get("command", "python experiments/reproduce.py --data " + results["data"])
+  lines = [f"`{command}`"
            f" ({results['n_train']} training and {results['n_test']} test images, "
            f"{results['device']}, {results['seconds']:.0f} s in all):", "",
            "| claim (reference) | reproduced |", "|---|---|",
@@ -185,8 +186,8 @@ def main_job(results):
   lines.append(f"| restoration of a {s['size']} px image, sigma {s['sigma']} | "
                f"{s['psnr_noisy']:.2f} -> {s['psnr_restored']:.2f} dB |")
   m, t, k = results["scale_out"], results["streaming"], results["sklearn"]
-  lines.append(f"| scale-out on {m['devices']} host devices | W within {m['w_rel_diff']:.0e} of one "
-               f"device; predictions agree on {100 * m['predictions_agree']:.1f}% |")
+  lines.append(f"| scale-out on {m['devices']} host devices | W within {m['w_rel_diff']:.0e} of "
+               f"one device; predictions agree on {100 * m['predictions_agree']:.1f}% |")
   lines.append(f"| streaming NMF | relative error {t['stream_rel_error']:.4f} (batch "
                f"{t['batch_rel_error']:.4f}) |")
   lines.append(f"| scikit-learn: {k['classifier']}; Pipeline {k['pipeline']} | "

@@ -1,19 +1,22 @@
 """The main job: every capability of conejax on MNIST, in one run, with a report.
 
-    python experiments/reproduce.py                  # quick form on the embedded subset (~5 min)
-    python experiments/reproduce.py --smoke          # tiny sizes (< 1 min): CI's check
+    python experiments/reproduce.py                  # quick form on the embedded subset
+    python experiments/reproduce.py --smoke          # tiny sizes: CI's check
     python experiments/reproduce.py --full --data ../shared/data/mnist.npz   # heavy settings
 
 Sections (a progress bar names each as it runs): sparse NNLS solvers against scipy, sparse
 NMF bases, nearest-cone classification (0 vs 1, ten digits against baselines), the plug-and-
 play uses (anomaly scores, k-cones clustering, compression, features), inverse problems and
 source separation, fine-tuning with optax, restoration of a natural image with patch cones,
-scale-out over a device mesh, streaming NMF, and the scikit-learn estimators.
+scale-out over a device mesh, streaming NMF, the scikit-learn estimators, and
+experiments/reuse.py --quick (classification under operators, transfer, calibration).
 
 Writes OUT/REPORT.md (with its figures), OUT/reproduce.json (every number, structured) and
-the timing of each section. The sub-experiments' own tables (inverse problems, fine-tuning)
-go to OUT with ``--full`` and to OUT/quick otherwise, so a quick run never overwrites the
-full runs' results.
+the wall and CPU time of each section (docs/results.md shows the latest, cold and warm: most
+of the CPU time is XLA compiling, which JAX's persistent compilation cache saves on
+reruns). The sub-experiments' own tables (inverse problems, fine-tuning, reuse) go to OUT
+with ``--full`` and to OUT/quick otherwise, so a quick run never overwrites the full runs'
+results.
 """
 
 from __future__ import annotations
@@ -338,7 +341,8 @@ def restoration(ctx):
       n_train=4000))
   sigma = 0.1
   noisy = truth + sigma * np.random.default_rng(0).standard_normal(truth.shape)
-  run = lambda: conejax.restore(cones, np.asarray(noisy.ravel(), np.float32), image_shape=truth.shape,
+  v = np.asarray(noisy.ravel(), np.float32)
+  run = lambda: conejax.restore(cones, v, image_shape=truth.shape,
                                 sigma=sigma, n_iter=1, stride=1, tau=2.5, reweight=1)
   restored, seconds = timed(run)
   restored = np.clip(np.asarray(restored, np.float64).reshape(truth.shape), 0, 1)
@@ -354,7 +358,8 @@ def restoration(ctx):
   fig.savefig(ctx.out / "restoration.png", dpi=110)
   plt.close(fig)
   ctx.report["restoration"] = dict(size=size, sigma=sigma, rank=ctx.size["restore_rank"],
-                                   n_cones=ctx.size["restore_cones"], fit_seconds=fit_s, seconds=seconds,
+                                   n_cones=ctx.size["restore_cones"], fit_seconds=fit_s,
+                                   seconds=seconds,
                                    psnr_noisy=psnr(noisy), psnr_restored=psnr(restored))
 
 
@@ -612,7 +617,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data", default=None, help="full mnist.npz (default: embedded subset)")
   group = parser.add_mutually_exclusive_group()
-  group.add_argument("--smoke", action="store_true", help="tiny sizes, under a minute (CI)")
+  group.add_argument("--smoke", action="store_true", help="tiny sizes (CI's check)")
   group.add_argument("--full", action="store_true", help="the heavy settings (all ranks, all "
                      "inverse tasks, every separation pair, full fine-tuning)")
   parser.add_argument("--out", default=None,
