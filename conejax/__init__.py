@@ -30,6 +30,7 @@ from conejax._io import load as load
 from conejax._io import save as save
 from conejax._nmf import NMFResult as NMFResult
 from conejax._nmf import nmf as nmf
+from conejax._nmf import nmf_codes as nmf_codes
 from conejax._nmf import nmf_per_class as nmf_per_class
 from conejax._nmf_steps import objective as nmf_objective
 from conejax._nnls import nnls as nnls

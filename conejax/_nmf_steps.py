@@ -106,12 +106,15 @@ def atom_scale(W, mu_w, mu_h, n_fixed: int = 0):
   return jnp.where(free, norm, jnp.ones_like(norm))
 
 
-def objective(U, W, H, mu_w=0.0, mu_h=0.0):
-  """The sparse NMF objective 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1, directly.
+def objective(U, W, H, mu_w=0.0, mu_h=0.0, *, beta_loss="frobenius"):
+  """The sparse NMF objective D(U | H W^T) + mu_w |W|_1 + mu_h |H|_1, directly.
 
-  U is (N, m), W (m, d) and H (N, d); returns a scalar. The residual norm is taken at unit
-  scale (``_scale.norm``), so data of any magnitude gives the objective unless the value
-  itself leaves the float range. Works under ``jit``, ``vmap`` and ``grad``.
+  D is 0.5 ||U - H W^T||_F^2 for ``beta_loss="frobenius"`` (the default), else the
+  beta-divergence that ``nmf(..., beta_loss=...)`` minimises, summed over the entries
+  (``beta_divergence``; scikit-learn's ``_beta_divergence``). U is (N, m), W (m, d) and
+  H (N, d); returns a scalar. The Frobenius residual norm is taken at unit scale
+  (``_scale.norm``), so data of any magnitude gives the objective unless the value itself
+  leaves the float range. Works under ``jit``, ``vmap`` and ``grad``.
 
   Raises:
     ValueError: on arrays that are not 2-D floating, shapes that do not chain, or negative
@@ -124,6 +127,10 @@ def objective(U, W, H, mu_w=0.0, mu_h=0.0):
     raise ValueError(f"U (N, m), W (m, d) and H (N, d) must agree; got U {tuple(U.shape)}, "
                      f"W {tuple(W.shape)} and H {tuple(H.shape)}.")
   mu_w, mu_h = _checks.check_penalty(mu_w, "mu_w"), _checks.check_penalty(mu_h, "mu_h")
+  from conejax._nmf_checks import beta_float  # (it imports this module)
+  beta = beta_float(beta_loss)
+  if beta != 2.0:
+    return beta_divergence(U, _dot(H, W.T), beta) + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)
   residual = U - _dot(H, W.T)
   fit = _scale.norm(residual.reshape(-1)) ** 2 if residual.size else 0.0
   return 0.5 * fit + mu_w * jnp.sum(W) + mu_h * jnp.sum(H)

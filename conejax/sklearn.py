@@ -182,31 +182,36 @@ class ConeClassifier(ClassifierMixin, BaseEstimator):
 class ConeNMF(TransformerMixin, BaseEstimator):
   """Sparse NMF X ~ H W^T with scikit-learn's ``NMF`` conventions.
 
-  Minimises 0.5 ||X - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0 (the
-  Frobenius loss; scikit-learn's other beta-losses are not implemented yet and raise).
+  Minimises D_beta(X | H W^T) + mu_w |W|_1 + mu_h |H|_1 over W, H >= 0: the Frobenius
+  loss 0.5 ||X - H W^T||_F^2 by default, or scikit-learn's other beta-divergences
+  (``beta_loss="kullback-leibler"``, ``"itakura-saito"`` or a float) by multiplicative
+  updates, as ``NMF(solver="mu")``.
 
   Args:
     n_components: atoms d; None is the number of features (capped, with a warning, at
       min(n_samples, n_features)).
-    beta_loss: "frobenius" (or 2).
+    beta_loss: "frobenius" (2), "kullback-leibler" (1), "itakura-saito" (0) or a float.
     mu_w, mu_h: L1 weights of the atoms and the codes; mu_h is also the penalty of
       ``transform``.
-    init, method, max_iter, tol: as in ``conejax.nmf``.
-    solver: the NNLS solver of ``transform`` ("auto": exact).
+    init, method, max_iter, tol: as in ``conejax.nmf`` (method None: HALS for the
+      Frobenius loss, multiplicative updates otherwise).
+    solver: the NNLS solver of ``transform`` for the Frobenius loss ("auto": exact);
+      other losses code by ``conejax.nmf_codes`` (max_iter, tol).
     forget: ``partial_fit``'s discount of past chunks (``conejax.nmf_partial_fit``).
     random_state: None, an int or a ``numpy.random.RandomState``.
 
   Attributes:
     components_: (n_components_, n_features) the atoms as rows (W^T), as scikit-learn's.
     n_components_: the rank used.
-    reconstruction_err_: ||X - H W^T||_F of the training data, H its exact codes on the
-      fitted atoms (what ``fit_transform`` returns).
+    reconstruction_err_: sqrt(2 D_beta(X | H W^T)) of the training data (||X - H W^T||_F
+      for the Frobenius loss), as scikit-learn's, H the codes that ``fit_transform``
+      returns (exact for the Frobenius loss).
     n_iter_: iterations run.
     n_features_in_: n_features.
   """
 
   def __init__(self, n_components: int | None = None, *, beta_loss="frobenius",
-               mu_w: float = 0.0, mu_h: float = 0.0, init="nndsvda", method: str = "hals",
+               mu_w: float = 0.0, mu_h: float = 0.0, init="nndsvda", method: str | None = None,
                max_iter: int = 200, tol: float = 1e-5, solver="auto", forget: float = 0.5,
                random_state=None):
     self.n_components = n_components
@@ -227,10 +232,9 @@ class ConeNMF(TransformerMixin, BaseEstimator):
     tags.transformer_tags.preserves_dtype = ["float64", "float32"]
     return tags
 
-  def _check_loss(self):
-    if self.beta_loss not in ("frobenius", 2, 2.0):
-      raise ValueError(f"beta_loss={self.beta_loss!r} is not implemented in conejax yet; "
-                       "use beta_loss='frobenius'.")
+  def _frobenius(self) -> bool:
+    return isinstance(self.beta_loss, str) and self.beta_loss == "frobenius" or (
+        not isinstance(self.beta_loss, (str, bool)) and self.beta_loss == 2)
 
   def _rank(self, X):
     n, m = X.shape
@@ -241,21 +245,22 @@ class ConeNMF(TransformerMixin, BaseEstimator):
 
   def fit_transform(self, X, y=None):
     """Fits W and returns the codes H (n, n_components_) of X."""
-    self._check_loss()
     X = validate_data(self, X, dtype=FLOATS)
     check_non_negative(X, "ConeNMF (input X)")
     self.n_components_ = self._rank(X)
     with _precision(X):
       fit = conejax.nmf(X, self.n_components_, key=_key(self.random_state), mu_w=self.mu_w,
                      mu_h=self.mu_h, method=self.method, init=self.init,
-                     max_iter=self.max_iter, tol=self.tol)
+                     max_iter=self.max_iter, tol=self.tol, beta_loss=self.beta_loss)
       self.components_ = np.asarray(fit.W, X.dtype).T
     self.n_iter_ = int(fit.n_iter)
     self._stream = None
     # The codes of the final atoms, exactly (the fit's H is one update behind them), so
     # fit_transform(X) equals fit(X).transform(X).
     H = self.transform(X)
-    self.reconstruction_err_ = float(np.linalg.norm(X - H @ self.components_))
+    with _precision(X):
+      divergence = conejax.nmf_objective(X, self.components_.T, H, beta_loss=self.beta_loss)
+    self.reconstruction_err_ = float(np.sqrt(2 * max(float(divergence), 0.0)))
     return H
 
   def fit(self, X, y=None):
@@ -263,13 +268,18 @@ class ConeNMF(TransformerMixin, BaseEstimator):
     return self
 
   def transform(self, X):
-    """The codes of X on the fitted atoms: argmin_{h >= 0} 0.5 ||W h - x||^2 + mu_h sum(h)."""
+    """The codes of X on the fitted atoms: argmin_{h >= 0} D_beta(x | W h) + mu_h sum(h)
+    (for the Frobenius loss the exact NNLS of 0.5 ||W h - x||^2 + mu_h sum(h))."""
     check_is_fitted(self)
     X = validate_data(self, X, reset=False, dtype=FLOATS)
     check_non_negative(X, "ConeNMF.transform")
     with _precision(X):
-      out = conejax.nnls(self.components_.T.astype(X.dtype), X, self.mu_h, solver=self.solver)
-      return np.asarray(out.h, X.dtype)
+      W = self.components_.T.astype(X.dtype)
+      if self._frobenius():
+        return np.asarray(conejax.nnls(W, X, self.mu_h, solver=self.solver).h, X.dtype)
+      out = conejax.nmf_codes(W, X, mu_h=self.mu_h, beta_loss=self.beta_loss,
+                              max_iter=self.max_iter, tol=self.tol)
+      return np.asarray(out.H, X.dtype)
 
   def inverse_transform(self, X):
     """H W^T: the data that codes X (n, n_components_) stand for."""
@@ -286,7 +296,9 @@ class ConeNMF(TransformerMixin, BaseEstimator):
     The first call starts from this chunk (``conejax.nmf_minibatch_init``) and fixes
     n_components_ and n_features_in_; ``fit`` starts over.
     """
-    self._check_loss()
+    if not self._frobenius():
+      raise ValueError(f"partial_fit streams the Frobenius loss only; got beta_loss="
+                       f"{self.beta_loss!r}. Use fit, or beta_loss='frobenius'.")
     first = getattr(self, "_stream", None) is None
     X = validate_data(self, X, reset=first, dtype=FLOATS)
     check_non_negative(X, "ConeNMF.partial_fit")

@@ -6,7 +6,7 @@ import conejax
 
 # Leading arguments that may be positional: the data and the maths' own symbols.
 POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nmf": 2,
-              "nmf_per_class": 3, "nmf_objective": 5, "fit_cones": 3, "make_cones": 4,
+              "nmf_per_class": 3, "nmf_codes": 2, "nmf_objective": 5, "fit_cones": 3, "make_cones": 4,
               "codes": 2, "project": 2, "distance": 2, "log_likelihood": 3, "calibrate": 3,
               "predict_proba": 3, "predict": 2, "score": 3, "save": 2, "load": 1,
               "features": 2, "anomaly_score": 2, "compress": 3, "kcones": 3,

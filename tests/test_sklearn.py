@@ -98,6 +98,26 @@ def test_nmf_matches_scikit_learn_and_transform_is_the_exact_nnls(digits):
   np.testing.assert_allclose(ours.inverse_transform(H), H @ ours.components_)
 
 
+@pytest.mark.parametrize("beta_loss", ["kullback-leibler", "itakura-saito", 1.5])
+def test_beta_losses_match_scikit_learn_multiplicative_updates(digits, beta_loss):
+  """From the same init, the atoms of NMF(solver="mu") (conejax's are unit columns: the
+  same atoms up to each one's scale), and scikit-learn's reconstruction error formula."""
+  from sklearn.decomposition._nmf import _beta_divergence
+  X = digits[0][:300] + (1.0 if beta_loss == "itakura-saito" else 0.0)  # IS needs X > 0
+  rng = np.random.default_rng(0)
+  W0, H0 = rng.random((64, 6)) + 0.1, rng.random((300, 6)) + 0.1
+  ours = ConeNMF(n_components=6, beta_loss=beta_loss, init=(W0, H0), max_iter=60, tol=0)
+  H = ours.fit_transform(X)
+  theirs = NMF(n_components=6, beta_loss=beta_loss, solver="mu", init="custom", max_iter=60,
+               tol=0).fit(X, W=H0.copy(), H=W0.T.copy())
+  unit = lambda C: C / np.linalg.norm(C, axis=1, keepdims=True)
+  np.testing.assert_allclose(unit(ours.components_), unit(theirs.components_), atol=1e-8)
+  reference = _beta_divergence(X, H, ours.components_, beta_loss, square_root=True)
+  np.testing.assert_allclose(ours.reconstruction_err_, reference, rtol=1e-10)
+  np.testing.assert_allclose(H, conejax.nmf_codes(ours.components_.T, X, beta_loss=beta_loss,
+                                                  max_iter=60, tol=0).H)
+
+
 def test_partial_fit_streams(digits):
   X = digits[0]
   model = ConeNMF(n_components=6, random_state=0)
@@ -134,8 +154,10 @@ def test_errors_name_the_argument():
   X = np.abs(np.random.default_rng(0).standard_normal((20, 5)))
   with pytest.raises(ValueError, match="Negative values"):
     ConeNMF(n_components=2).fit(-X)
-  with pytest.raises(ValueError, match="beta_loss='kullback-leibler' is not implemented"):
-    ConeNMF(beta_loss="kullback-leibler").fit(X)
+  with pytest.raises(ValueError, match="beta_loss must be"):
+    ConeNMF(beta_loss="poisson").fit(X)
+  with pytest.raises(ValueError, match="partial_fit streams the Frobenius loss only"):
+    ConeNMF(beta_loss="kullback-leibler").partial_fit(X)
   with pytest.raises(ValueError, match="rank must be a positive integer"):
     ConeClassifier(rank=0).fit(X, np.arange(20) % 2)
   with pytest.warns(UserWarning, match="n_components=9 is more than"):
