@@ -49,7 +49,14 @@ class Cones:
 
   @property
   def rank(self) -> int:
+    """d, the width of W: the largest cone's number of atoms."""
     return self.W.shape[-1]
+
+  @property
+  def ranks(self) -> tuple[int, ...]:
+    """Each cone's own number of atoms (ragged cones: the rest of its d columns are zero)."""
+    recorded = dict(self.settings).get("ranks")
+    return tuple(recorded) if recorded is not None else (self.W.shape[-1],) * self.W.shape[0]
 
 
 def _plain(value):
@@ -63,11 +70,34 @@ def _plain(value):
   return value
 
 
+def _ragged(W):
+  """A list of (m, d_k) dictionaries of different widths as one (K, m, max d_k) stack,
+  zero-padded, and the widths; anything else unchanged (widths None)."""
+  if not isinstance(W, (list, tuple)) or not len(W):
+    return W, None
+  parts = [_checks.as_float_array(w, f"W[{k}]") for k, w in enumerate(W)]
+  if any(p.ndim != 2 for p in parts) or len({p.shape[1] for p in parts}) == 1:
+    return W, None  # one width: the plain stack (shape errors are reported below)
+  if len({p.shape[0] for p in parts}) != 1:
+    raise ValueError(f"W's dictionaries must share m (rows); got {[p.shape for p in parts]}.")
+  dtype = jnp.result_type(*parts)
+  d = max(p.shape[1] for p in parts)
+  stack = jnp.stack([jnp.pad(p.astype(dtype), ((0, 0), (0, d - p.shape[1]))) for p in parts])
+  return stack, tuple(int(p.shape[1]) for p in parts)
+
+
 def make_cones(W, mu_h=0.0, classes=None, settings=None) -> Cones:
   """Builds ``Cones`` from a (m, d) or (K, m, d) non-negative dictionary stack.
 
+  Ragged cones: W may be a list of K dictionaries (m, d_k) of different widths. They are
+  stacked zero-padded to d = max d_k (``Cones.ranks`` keeps each d_k). A zero atom changes
+  nothing: its code is 0 (its gradient is mu_h >= 0 at h = 0, never negative), so codes
+  (padded with zeros), projections, distances, predictions, reconstructions and separations
+  are those of each cone on its own.
+
   Args:
-    W: (m, d) or (K, m, d) non-negative, finite dictionaries, atoms as columns.
+    W: (m, d) or (K, m, d) non-negative, finite dictionaries, atoms as columns, or a list
+      of K (m, d_k) dictionaries.
     mu_h: scalar L1 weight of the projection >= 0.
     classes: K distinct labels (numbers or strings); None is 0..K-1.
     settings: dict of how the cones were trained (numpy scalars become Python numbers).
@@ -76,6 +106,7 @@ def make_cones(W, mu_h=0.0, classes=None, settings=None) -> Cones:
     ValueError: on a wrong shape, an empty axis (K, m or d of 0), negative or non-finite
       W, mu_h < 0, or class labels that are not K distinct numbers or strings.
   """
+  W, ranks = _ragged(W)
   W = _checks.as_float_array(W, "W")
   _checks.check_ndim(W, "W", (2, 3), "(m, d) or (K, m, d)")
   W = W[None] if W.ndim == 2 else W
@@ -93,11 +124,40 @@ def make_cones(W, mu_h=0.0, classes=None, settings=None) -> Cones:
     repeated = sorted({c for c in classes if classes.count(c) > 1}, key=str)
     raise ValueError(f"classes has repeated labels {repeated}; {fix}.")
   mu_h = _checks.check_penalty(mu_h, "mu_h").astype(W.dtype)
-  settings = tuple(sorted((str(k), _plain(v)) for k, v in (settings or {}).items()))
+  settings = dict(settings or {})
+  if ranks is not None:
+    settings["ranks"] = ranks
+  settings = tuple(sorted((str(k), _plain(v)) for k, v in settings.items()))
   return Cones(W, mu_h, classes, settings)
 
 
-def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "mu",
+def _fit_ragged(X, y, rank: dict, *, key, **options) -> Cones:
+  """fit_cones with a rank per class: the classes of each rank fitted together."""
+  _checks.require_concrete("fit_cones", "Fit the cones outside jit.", X=X, y=y)
+  fix = "give rank={label: atoms} one entry per class of y"
+  y = _checks.check_labels(y, "y", fix)
+  classes = np.unique(y)
+  missing = [c for c in classes.tolist() if c not in rank]
+  extra = [c for c in rank if c not in set(classes.tolist())]
+  if missing or extra:
+    raise ValueError(f"rank has no entry for the classes {missing} of y and entries {extra} "
+                     f"that are not classes of y; {fix}.")
+  X = np.asarray(X) if not isinstance(X, jax.Array) else X
+  W, n_iter = {}, {}
+  for r in sorted({rank[c] for c in classes.tolist()}):
+    group = [c for c in classes.tolist() if rank[c] == r]
+    rows = np.flatnonzero(np.isin(y, group))
+    part = fit_cones(X[rows], y[rows], r, key=jax.random.fold_in(key, r), **options)
+    for k, c in enumerate(part.classes):
+      W[c], n_iter[c] = part.W[k], dict(part.settings)["n_iter"][k]
+  order = classes.tolist()
+  settings = dict(dict(part.settings), rank=tuple(int(rank[c]) for c in order),
+                  n_train=int(np.shape(X)[0]), n_iter=tuple(n_iter[c] for c in order))
+  settings.pop("ranks", None)
+  return make_cones([W[c] for c in order], options.get("mu_h", 0.0), order, settings)
+
+
+def fit_cones(X, y, rank: int | dict, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "mu",
               init: str = "kmeans", max_iter: int = 20, tol: float = 1e-5,
               class_batch_size: int = 5) -> Cones:
   """One cone per class: ``nmf_per_class`` on (X, y), atoms normalised to unit norm.
@@ -111,7 +171,8 @@ def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: st
   Args:
     X: (N, m) non-negative training data, samples as rows.
     y: (N,) class labels.
-    rank: atoms per class.
+    rank: atoms per class, or ``{label: atoms}`` for a rank per class (ragged cones, see
+      ``make_cones``; the classes of rank r are fitted together, with key fold_in(key, r)).
     key: PRNG key of the initialisation.
     mu_w, mu_h: L1 weights of the NMF, 0.5 ||U - H W^T||^2 + mu_w |W|_1 + mu_h |H|_1;
       ``mu_h`` is also the projection's penalty, with the same meaning: the atoms are kept
@@ -123,6 +184,9 @@ def fit_cones(X, y, rank: int, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: st
     ``Cones`` with W (K, m, rank) and the training settings recorded (``n_iter``: the
     iterations each class's NMF ran).
   """
+  if isinstance(rank, dict):
+    return _fit_ragged(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method, init=init,
+                       max_iter=max_iter, tol=tol, class_batch_size=class_batch_size)
   _checks.require_concrete("fit_cones", "Fit the cones outside jit; then codes, distance and "
                            "log_likelihood work under jit.", X=X, y=y)
   fit = _nmf.nmf_per_class(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method,
@@ -343,8 +407,11 @@ def _fit_temperature(D, labels, *, n_steps: int = 100):
   scale = jnp.nanmedian(positive)
   scale = jnp.where(jnp.isfinite(scale), scale, 1.0)
 
+  log_gaps = jnp.log(jnp.where(gaps > 0, gaps, 1))
+
   def slope(log_beta):
-    p = jax.nn.softmax(-jnp.exp(log_beta) * gaps, axis=-1)
+    # beta * gaps as exp(log beta + log gaps): no inf * 0 where beta leaves the float range
+    p = jax.nn.softmax(jnp.where(gaps > 0, -jnp.exp(log_beta + log_gaps), 0), axis=-1)
     return jnp.mean(own - jnp.sum(p * gaps, axis=-1))
 
   low, high = -jnp.log(scale) - 30.0, -jnp.log(scale) + 30.0

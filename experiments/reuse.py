@@ -209,13 +209,22 @@ def uncertainty_metrics(u, std, truth):
 # ----------------------------------------------------------------------------- parts
 
 
-def degraded_mnist(ctx, cones, data, rng):
-  """Accuracy of the clean cones through A, and of cones retrained on degraded data."""
+def degraded_mnist(ctx, cones, data, rng, measure=True):
+  """Accuracy of the clean cones through A, and of cones retrained on degraded data.
+
+  ``measure=False`` only replays the degradations (the same random draws) for the naive
+  inverses, when resuming a run whose measurements are checkpointed.
+  """
   size, rows = ctx["size"], []
   x_train, y_train, x_test, y_test = data
   naive = {}
   for task in tqdm(size["tasks"], desc="degraded MNIST", leave=False):
     obs = degrade(task, x_test, rng)
+    if not measure:
+      naive[task] = naive_inverse(task, obs)
+      if size["retrain"] and TASKS[task][1] != "sensing":
+        degrade(task, x_train[:size["n_retrain"]], rng)
+      continue
     predicted, seconds = timed(lambda: conejax.predict(cones, obs["V"], **options(obs)))
     row = dict(task=task, label=TASKS[task][0], naive=NAIVE[TASKS[task][1]],
                cones_through_A=float(np.mean(predicted == y_test)), cones_seconds=seconds)
@@ -233,7 +242,7 @@ def degraded_mnist(ctx, cones, data, rng):
   return rows, naive
 
 
-def transfer_digits(ctx, cones):
+def transfer_digits(ctx, cones, measure=True):
   """Zero-shot and few-shot transfer of the MNIST cones to load_digits through resize."""
   from sklearn.datasets import load_digits
   size = ctx["size"]
@@ -280,7 +289,7 @@ def transfer_digits(ctx, cones):
              "transfer + warm-started NMF (20 MU)": warm_nmf,
              "cones from scratch": scratch}
   methods = {name: fn for name, fn in methods.items()
-             if fn.__name__ in size["digits_methods"]}
+             if fn.__name__ in size["digits_methods"] and measure}
   draws = [(n, d) for n in size["shots"] for d in range(size["draws"])]
   draws += [("all", 0)] if size["all_digits"] else []
   picks = []
@@ -501,7 +510,7 @@ def summarise(rows, peers_out, draws):
   return summary
 
 
-def run(mode, data_path, out_dir):
+def run(mode, data_path, out_dir, resume=False):
   size = SIZES[mode]
   ctx = dict(size=size)
   x_train, y_train, x_test, y_test = load_mnist(None if mode == "quick" else data_path)
@@ -530,13 +539,19 @@ def run(mode, data_path, out_dir):
     jax.clear_caches()
     pathlib.Path(f"{prefix}.partial.json").write_text(json.dumps(result, indent=1, default=str))
 
-  degraded, naive = degraded_mnist(ctx, cones, data, rng)
-  checkpoint("degraded", degraded)
-  digits_rows, peers, draws = transfer_digits(ctx, cones)
-  checkpoint("digits", dict(rows=digits_rows))
-  result["calibration"] = calibration(cones, x_val, y_val, x_cal, y_cal)
-  result["calibration"]["n_test"] = len(y_cal)
-  checkpoint("calibration", result["calibration"])
+  done = (json.loads(pathlib.Path(f"{prefix}.partial.json").read_text()) if resume else {})
+  if resume:
+    print(f"resuming from {prefix}.partial.json: {sorted(done)}")
+  degraded, naive = degraded_mnist(ctx, cones, data, rng, measure="degraded" not in done)
+  checkpoint("degraded", done.get("degraded", degraded))
+  degraded = result["degraded"]
+  digits_rows, peers, draws = transfer_digits(ctx, cones, measure="digits" not in done)
+  checkpoint("digits", done.get("digits", dict(rows=digits_rows)))
+  digits_rows = result["digits"]["rows"]
+  if "calibration" not in done:
+    done["calibration"] = calibration(cones, x_val, y_val, x_cal, y_cal)
+    done["calibration"]["n_test"] = len(y_cal)
+  checkpoint("calibration", done["calibration"])
   result["uncertainty"], maps = uncertainty(ctx, cones, (np.concatenate([x_train, x_val]),
                                                          np.concatenate([y_train, y_val]),
                                                          x_test, y_test), rng)
@@ -581,6 +596,8 @@ def main(argv=None):
   parser.add_argument("--out", default=str(ROOT / "results"))
   parser.add_argument("--tables", action="store_true",
                       help="re-render the markdown of the existing results/reuse.json")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep the parts measured in <prefix>.partial.json, run the rest")
   parser.add_argument("--peer", nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.peer:
@@ -590,7 +607,7 @@ def main(argv=None):
     (pathlib.Path(args.out) / "reuse.md").write_text(markdown(result))
     write_docs(result)
     return print(markdown(result))
-  run("quick" if args.quick else "full", args.data, pathlib.Path(args.out))
+  run("quick" if args.quick else "full", args.data, pathlib.Path(args.out), resume=args.resume)
 
 
 if __name__ == "__main__":

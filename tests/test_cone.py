@@ -264,6 +264,9 @@ def test_calibrate_minimises_the_validation_log_likelihood(dtype):
     rtol = 1e-3 if dtype == np.float32 else 1e-6
     np.testing.assert_allclose(float(T), np.exp(ref.x), rtol=rtol)
     assert _nll(D, labels, float(T)) <= ref.fun + 1e-9
+    # scale-equivariant: data times 2^-50 gives T times 2^-100, inside float32's range
+    np.testing.assert_allclose(conejax.calibrate(cones, np.ldexp(X, -50), y), np.ldexp(T, -100),
+                               rtol=rtol)
     # labels are matched to cones by value, not position
     shuffled = conejax.make_cones(cones.W[::-1], cones.mu_h, classes=cones.classes[::-1])
     np.testing.assert_allclose(conejax.calibrate(shuffled, X, y), T, rtol=1e-5)
