@@ -305,6 +305,71 @@ def run(quick: bool = False, ranks=None, progress: bool = True) -> dict:
           "targets": targets({"rows": rows}), "_example": example}
 
 
+# ---------------------------------------------------------------------------- diagnosis
+
+def diagnose(rank: int = 32, progress: bool = True) -> dict:
+  """Why targets miss: ceilings of the semi-supervised fit on the 0 dB speech + noise test
+  mixtures, and the init of the KL dictionaries on speech + speech.
+
+  Per mixture: the ideal ratio mask |S| / (|S| + |N|) with the mixture's phase (the ceiling
+  of any magnitude mask), the semi-supervised fit with the speech cone learnt on the test
+  speech itself (an oracle dictionary) and on the training speech, for 2 and 8 noise atoms
+  and mu_h 0 and 0.3; then conejax KL dictionaries from scikit-learn's init ("nndsvda")
+  beside the default init on espeak A + espeak B at ranks 16 and 32.
+  """
+  import jax
+  import jax.numpy as jnp
+  from tqdm import tqdm
+
+  import conejax
+  from conejax import audio
+  material = make_material(False)
+  spec = lambda x: audio.stft(jnp.asarray(x), n_fft=N_FFT, hop=HOP)
+  resynth = lambda parts, Z, n: np.asarray(audio.istft_with_phase(
+      jnp.swapaxes(jnp.asarray(parts), 0, 1), Z, n_fft=N_FFT, hop=HOP, length=n))
+  kl = dict(beta_loss="kullback-leibler", max_iter=200)
+  out = {"semi": [], "init": []}
+  cases = [(t, m) for t in ("alsa speech", "espeak A") for m in ("train", "test")]
+  bar = tqdm(total=len(cases) + 4, desc="audio diagnosis", disable=not progress)
+  for target, source in cases:
+    s, n, x = mix(material[target]["test"], material["noise"]["test"], 0.0)
+    Z = spec(x)
+    V = jnp.abs(Z)
+    base = float(audio.si_sdr(s, x))
+    S_abs, N_abs = jnp.abs(spec(s)), jnp.abs(spec(n))
+    irm = jnp.stack([S_abs, N_abs], 1) / jnp.maximum((S_abs + N_abs)[:, None], 1e-30)
+    row = {"target": target, "speech_cone_from": source,
+           "ideal_ratio_mask_gain": float(audio.si_sdr(s, resynth(V[:, None] * irm, Z, x.size)[0]))
+           - base}
+    W0 = conejax.nmf(jnp.abs(spec(material[target][source])), rank, key=jax.random.key(0),
+                     **kl).W
+    for r_noise in (2, 8):
+      for mu in (0.0, 0.3):
+        fit = conejax.nmf(V, r_noise, key=jax.random.key(2), fixed_atoms=W0, mu_h=mu, **kl)
+        parts = jnp.stack([fit.H[:, :rank] @ fit.W[:, :rank].T,
+                           fit.H[:, rank:] @ fit.W[:, rank:].T], 1)
+        parts = V[:, None] * parts / jnp.maximum(parts.sum(1, keepdims=True), 1e-30)
+        row[f"semi_{r_noise}_atoms_mu_{mu}_gain"] = float(
+            audio.si_sdr(s, resynth(parts, Z, x.size)[0])) - base
+    out["semi"].append(row)
+    bar.update(1)
+  for r in (16, 32):
+    s, n, x = mix(material["espeak A"]["test"], material["espeak B"]["test"], 0.0)
+    Z = spec(x)
+    for init in ("default", "nndsvda"):
+      options = {} if init == "default" else {"init": "nndsvda"}
+      W = jnp.stack([conejax.nmf(jnp.abs(spec(material[k]["train"])), r,
+                                 key=jax.random.key(r), **kl, **options).W
+                     for k in ("espeak A", "espeak B")])
+      est = resynth(conejax.separate(W, jnp.abs(Z), **kl), Z, x.size)[0]
+      out["init"].append({"rank": r, "init": init, "si_sdr": float(audio.si_sdr(s, est)),
+                          "sdr": float(__import__("fast_bss_eval").sdr(
+                              s[None], np.asarray(est, np.float64)[None])[0])})
+      bar.update(1)
+  bar.close()
+  return out
+
+
 # ---------------------------------------------------------------------------- report
 
 def targets(result: dict) -> dict:
@@ -399,10 +464,16 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="less material, rank 32 only")
   parser.add_argument("--tables", action="store_true",
                       help="rewrite the markdown table from the JSON only")
+  parser.add_argument("--diagnose", action="store_true",
+                      help="ceilings of the missed targets -> results/audio_separation_diagnosis.json")
   parser.add_argument("--peer", nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.peer:
     return peer_main(*args.peer)
+  if args.diagnose:
+    out = diagnose()
+    (RESULTS / "audio_separation_diagnosis.json").write_text(json.dumps(out, indent=1))
+    return print(json.dumps(out, indent=1))
   prefix = RESULTS / ("audio_separation_quick" if args.quick else "audio_separation")
   if args.tables:
     result = json.loads(pathlib.Path(f"{prefix}.json").read_text())
