@@ -9,7 +9,9 @@ three steps on waveforms.
 
 The STFT is ``jax.scipy.signal.stft`` with a periodic Hann window of ``n_fft`` samples and
 ``hop`` samples between frames (scipy's scaling and zero boundary padding, so that
-``istft(stft(x)) == x``); every function is pure and works under ``jit`` and ``vmap``.
+``istft(stft(x)) == x``). ``stft``, ``istft``, ``istft_with_phase`` and ``si_sdr`` are pure
+and work under ``jit`` and ``vmap``; ``separate_audio``, like ``conejax.separate``, checks
+its data with concrete values and runs outside jit.
 """
 
 from __future__ import annotations

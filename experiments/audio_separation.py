@@ -38,9 +38,11 @@ atoms with mu_h 0.3 or 1.0, gave SI-SDR gains of +0.2 to +4.8 dB, the best 2 ato
 Metrics of the target source: SI-SDR (``conejax.audio.si_sdr``) and SDR (fast_bss_eval, BSS
 Eval v4's 512-tap distortion filter), and their gains over the unprocessed mixture.
 
-Usage: ``python experiments/audio_separation.py [--quick] [--tables]`` writes
-results/audio_separation{,_quick}.json, .md and PNGs; ``--tables`` rewrites the markdown
-from the JSON only.
+Usage: ``python experiments/audio_separation.py [--quick] [--tables] [--diagnose]`` writes
+results/audio_separation{,_quick}.json, .md and PNGs (the full run also fills the generated
+block of docs/audio.md); ``--tables`` rewrites the markdown from the JSON only;
+``--diagnose`` measures the ceilings behind the missed targets
+(results/audio_separation_diagnosis.json).
 """
 
 from __future__ import annotations
