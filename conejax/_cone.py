@@ -222,7 +222,8 @@ def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
   solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
                                            batch_size=batch_size,
                                            differentiation=differentiation, penalty=penalty,
-                                           n_atoms=cones.W.shape[-1])
+                                           n_atoms=cones.W.shape[-1],
+                                           n_features=cones.W.shape[1])
   batch, (K, m, d) = X.shape[:-1], cones.W.shape
   flat = X.reshape(-1, m)
   if flat.shape[0] == 0:

@@ -299,7 +299,8 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   solver, batch_size = _nnls.check_options(
       solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
       differentiation=differentiation, loss=loss, matrix_free=per_sample_operator and loss == "l2",
-      n_atoms=W.shape[-1] * (W.shape[0] if select == "union" else 1))
+      n_atoms=W.shape[-1] * (W.shape[0] if select == "union" else 1),
+      n_features=W.shape[1] if A is None else A.out_size)
   if per_sample_operator and loss == "l2" and not solver.matrix_free_ok:
     raise ValueError(f"solver={type(solver).__name__} needs one operator shared by all "
                      "samples (a Gram matrix); per-sample operators are solved matrix-free "
@@ -410,7 +411,8 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
     return parts[0] if single else parts
   solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
                                            batch_size=batch_size, differentiation="implicit",
-                                           penalty=penalty, n_atoms=W.shape[0] * W.shape[2])
+                                           penalty=penalty, n_atoms=W.shape[0] * W.shape[2],
+                                           n_features=W.shape[1])
   options = tuple(sorted(dict(solver=solver, batch_size=batch_size, penalty=penalty).items()))
   parts, out = _separate(W.astype(dtype), V.astype(dtype), mu, wiener=bool(wiener),
                          options=options)

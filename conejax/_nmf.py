@@ -183,7 +183,7 @@ def _exact_codes(W, U, mask, mu_h):
   Run after the fit, one class at a time (``lax.map``): the active-set solve is not
   vmapped (XLA:CPU deadlocked on it inside the per-class vmap, jax 0.10.2).
   """
-  solver = solvers.resolve("auto", n_atoms=W.shape[-1])
+  solver = solvers.resolve("auto", n_atoms=W.shape[-1], n_features=W.shape[-2])
 
   def one(args):
     W, U, mask, mu_h = args

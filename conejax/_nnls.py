@@ -131,14 +131,14 @@ def warm_start(h0, shape, dtype):
 
 
 def check_options(solver, *, max_iter, tol, batch_size, differentiation, penalty="absolute",
-                  loss="l2", matrix_free=False, n_atoms=None):
+                  loss="l2", matrix_free=False, n_atoms=None, n_features=None):
   """Validates the shared solver options; returns the solver object and batch_size."""
   _checks.check_choice(differentiation, "differentiation", solvers.DIFFERENTIATIONS)
   _checks.check_choice(penalty, "penalty", PENALTIES)
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   solver = solvers.resolve(solver, loss=loss, matrix_free=matrix_free,
                            differentiation=differentiation, max_iter=max_iter, tol=tol,
-                           n_atoms=n_atoms)
+                           n_atoms=n_atoms, n_features=n_features)
   return solver, batch_size
 
 
@@ -290,7 +290,7 @@ def nnls(W, V, mu=0.0, *, solver="auto", max_iter: int | None = None,
   mu = _checks.check_penalty(mu, "mu").astype(dtype)
   solver, batch_size = check_options(solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
                                      differentiation=differentiation, penalty=penalty,
-                                     n_atoms=W.shape[-1])
+                                     n_atoms=W.shape[-1], n_features=W.shape[-2])
   H0 = warm_start(h0, V.shape[:-1] + W.shape[:-2] + W.shape[-1:], dtype)
   out = solve_dictionary(W.astype(dtype), V.astype(dtype), mu, H0, solver=solver,
                   batch_size=batch_size, differentiation=differentiation, penalty=penalty)

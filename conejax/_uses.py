@@ -41,7 +41,8 @@ def _compress_unit(W, X, n_nonzero):
   """``compress`` on W and X already at unit scale (finite): codes (N, d), errors (N,)."""
   G, C = jnp.dot(W.T, W, precision=_HIGHEST), jnp.dot(X, W, precision=_HIGHEST)
   problem = solvers.QuadraticProblem(G, C, jnp.zeros((), X.dtype))
-  H = solvers.solve(solvers.resolve("auto", n_atoms=W.shape[1]), problem).h
+  H = solvers.solve(solvers.resolve("auto", n_atoms=W.shape[1], n_features=W.shape[0]),
+                    problem).h
   threshold = lax.top_k(H, n_nonzero)[0][:, -1:]  # the n-th largest entry of each row
   support = ((H >= threshold) & (H > 0)).astype(H.dtype)
   H = _refit_on_support(G, C, support)

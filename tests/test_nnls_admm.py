@@ -126,9 +126,11 @@ def test_reconstruct_and_separate_match_scipy(dtype):
   W, V = W.astype(dtype), V.astype(dtype)
   exact_h = scipy_nnls(B, V)
   exact = nnls_objective(B, V, exact_h)
-  # float64 solved tightly: the estimates themselves match. float32 at ADMM's default
-  # tolerance (1e-5) on this ill-conditioned problem: the objective does (measured 1.3%).
-  options, gap_tol = (dict(tol=1e-10, max_iter=50000), 1e-9) if dtype == np.float64 else ({}, 3e-2)
+  # float64 solved tightly: the estimates themselves match. float32 at tol 1e-6 on this
+  # ill-conditioned problem: the objective does (measured 4e-4; at the default tol 1e-5 the
+  # gap is 1.3-3.1% depending on rounding, e.g. XLA's backend level, so that is not tested).
+  options, gap_tol = ((dict(tol=1e-10, max_iter=50000), 1e-9) if dtype == np.float64 else
+                      (dict(tol=1e-6, max_iter=20000), 5e-3))
   out = conejax.reconstruct(W, V, A, solver="admm", **options)
   assert out.u.dtype == dtype
   gap = (nnls_objective(B, V, out.h) - exact) / exact

@@ -274,3 +274,24 @@ def test_compaction_of_slow_samples_changes_no_code(solver):
   np.testing.assert_array_equal(n_iter, ref.n_iter)
   np.testing.assert_allclose(out.h, ref.h, rtol=1e-10, atol=1e-12)
   np.testing.assert_array_equal(out.converged, ref.converged)
+
+
+def test_rank_deficient_gram_is_never_silent():
+  """64 atoms of a 4x-pooled MNIST cone in 49 pixels (singular G; tests/data, the samples of
+  experiments/reuse.py that gave NaN distances): the active set's pivoting overflowed to
+  NaN while reporting converged. The driver re-solves such rows by APG and reports them as
+  not converged; "auto" takes ADMM when there are more atoms than features."""
+  import pathlib
+  case = np.load(pathlib.Path(__file__).with_name("data") / "rank_deficient_nnls.npz")
+  W, V = case["W"], case["V"]
+  with pytest.warns(conejax.ConvergenceWarning):
+    out = conejax.nnls(W, V, solver=solvers.ActiveSet())
+  h, converged = np.asarray(out.h), np.asarray(out.converged)
+  assert np.all(np.isfinite(h)) and not np.all(converged)
+  assert np.all(np.isfinite(np.asarray(out.residual)))
+  assert type(solvers.resolve("auto", n_atoms=64, n_features=49)).__name__ == "ADMM"
+  auto = conejax.nnls(W, V, solver=solvers.ADMM(max_iter=20000, tol=1e-7))
+  objective = lambda h: 0.5 * np.sum((np.asarray(h, np.float64) @ W.T - V) ** 2, axis=1)
+  # Rows the active set finished are exact; the fallback rows are APG-close.
+  gap = (objective(h) - objective(auto.h)) / objective(auto.h)
+  assert np.all(gap[converged] < 1e-4) and np.all(gap < 0.05)

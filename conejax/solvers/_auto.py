@@ -6,7 +6,9 @@ Strings are aliases for solver objects with default settings: "apg" (``APG``), "
 ACTIVE_SET_MAX_ATOMS = 128 atoms (exact), ``ADMM`` above (on the 640-atom union of MNIST
 class cones the active set's passive sets are large and it was 400x slower than ADMM in
 ``experiments/bench_nnls.py``), ``APG`` where the iterations must be unrolled or G is
-matrix-free, and ``PDHG`` for the L1 problem.
+matrix-free, and ``PDHG`` for the L1 problem. With more atoms than features
+(``n_features``: G = W^T W is then singular, e.g. 64 atoms pooled to 49 pixels) it picks
+``ADMM``: the active set's pivoting on such passive sets stopped short or overflowed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ ACTIVE_SET_MAX_ATOMS = 128
 
 def resolve(solver, *, loss: str = "l2", matrix_free: bool = False,
             differentiation: str = "implicit", max_iter=None, tol=None,
-            n_atoms: int | None = None) -> AbstractSolver:
+            n_atoms: int | None = None, n_features: int | None = None) -> AbstractSolver:
   """A solver object from a name or an object; ``max_iter`` / ``tol`` set a named one.
 
   Raises:
@@ -52,7 +54,8 @@ def resolve(solver, *, loss: str = "l2", matrix_free: bool = False,
       solver = "pdhg"
     elif matrix_free or differentiation == "unroll":
       solver = "apg"
-    elif n_atoms is not None and n_atoms > ACTIVE_SET_MAX_ATOMS:
+    elif n_atoms is not None and (n_atoms > ACTIVE_SET_MAX_ATOMS or (
+        n_features is not None and n_atoms > n_features)):
       solver = "admm"
     else:
       solver = "active_set"

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from conejax import _loops
-from conejax.solvers import _linalg, _protocol
+from conejax.solvers import _apg, _linalg, _protocol
 from conejax.solvers._protocol import (L1Problem, NNLSResult, QuadraticProblem, gram_times,
                                        kkt_residual, kkt_scale, tree_select)
 
@@ -120,6 +120,9 @@ def _final_residual(solver, problem, aux, h):
   return kkt_residual(h, grad, lipschitz, kkt_scale(problem.C))
 
 
+FALLBACK_STEPS = 2000
+
+
 def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
   """Runs every chunk of C (or V) and h0 through the loop; G, B and mu are shared."""
   quadratic = isinstance(problem, QuadraticProblem)
@@ -143,10 +146,25 @@ def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
       h, n_iter, error = _run_unrolled(solver, sub, aux, h0)
     else:
       h, n_iter, error = _run_loop(solver, sub, aux, h0, tol)
-    residual = _final_residual(solver, sub, aux, h) if quadratic else error
     # A sample with a non-finite input gets NaN codes, never a plausible number (its
     # solve may otherwise stop at h = 0 with every test of a NaN false).
     finite = jnp.all(jnp.isfinite(part), axis=-1) & shared_finite
+    if quadratic:
+      # Finite input but a non-finite answer (the active set's pivoting on a rank-deficient
+      # G, e.g. 64 atoms pooled to 49 pixels, can overflow): re-solved by FALLBACK_STEPS
+      # APG steps and reported as not converged, its KKT residual saying how close it is.
+      broken = finite & ~jnp.all(jnp.isfinite(h), axis=-1)
+      lipschitz = solver.kkt_lipschitz(sub, aux)
+
+      def fallback(carry):
+        done, h = carry
+        again = _apg.iterate(sub, lipschitz, jnp.zeros_like(h), FALLBACK_STEPS)
+        return True, jnp.where(broken[:, None], again, h)
+
+      # A loop that runs once or never (no lax.cond: see _linalg on XLA:CPU deadlocks).
+      h = lax.while_loop(lambda c: ~c[0] & jnp.any(broken), fallback, (False, h))[1]
+      error = jnp.where(broken, jnp.inf, error)
+    residual = _final_residual(solver, sub, aux, h) if quadratic else error
     h = jnp.where(finite[:, None], h, jnp.nan)
     return h, n_iter, jnp.where(finite, residual, jnp.nan), (error <= tol) & finite
 
