@@ -149,7 +149,7 @@ def _chunked(solver, problem, aux, H0, tol, batch_size, unroll):
     # A sample with a non-finite input gets NaN codes, never a plausible number (its
     # solve may otherwise stop at h = 0 with every test of a NaN false).
     finite = jnp.all(jnp.isfinite(part), axis=-1) & shared_finite
-    if quadratic:
+    if quadratic and not unroll:  # (unrolled: APG iterations, differentiated; no loop here)
       # Finite input but a non-finite answer (the active set's pivoting on a rank-deficient
       # G, e.g. 64 atoms pooled to 49 pixels, can overflow): re-solved by FALLBACK_STEPS
       # APG steps and reported as not converged, its KKT residual saying how close it is.
