@@ -2,7 +2,8 @@
 
 Samples are rows: data U is (N, m), the dictionary W is (m, d) with atoms as columns and
 the codes H are (N, d). Value checks (signs, NaN, weights, zeros under beta <= 0) need
-concrete arrays and run in numpy; they raise ValueErrors that name the fix.
+concrete arrays and run in numpy; they raise ValueErrors that name the fix. Under jit,
+where they cannot raise, negative data (and NaN, by arithmetic) makes the fit NaN.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def check_data(U, name, allow_nan=False):
                      "entry. Replace the Inf entries by NaN or by finite values.")
   _checks.check_finite(seen, name)
   _checks.check_nonnegative(seen, name)
+  if not _checks.is_concrete(U):
+    # Under jit the sign cannot raise: a negative entry makes every entry NaN, so the fit,
+    # its codes and its objective come out NaN instead of finite but meaningless.
+    U = jnp.where(jnp.any(seen < 0), jnp.nan, U)
   return U
 
 
@@ -66,13 +71,16 @@ def check_loss(U, beta_loss, weights, missing):
     if weights.shape != U.shape:
       raise ValueError(f"weights must have U's shape {tuple(U.shape)} (one weight in [0, 1] per "
                        f"entry, 0 = missing); got {tuple(weights.shape)}.")
-    values = np.asarray(weights)
-    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
-      raise ValueError("weights must be finite and in [0, 1] (0 marks a missing entry); got "
-                       f"values in [{np.nanmin(values):.3g}, {np.nanmax(values):.3g}].")
+    if _checks.is_concrete(weights):
+      values = np.asarray(weights)
+      if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
+        raise ValueError("weights must be finite and in [0, 1] (0 marks a missing entry); got "
+                         f"values in [{np.nanmin(values):.3g}, {np.nanmax(values):.3g}].")
+    else:  # under jit: weights outside [0, 1] (or NaN) make the fit NaN
+      weights = jnp.where(jnp.all((weights >= 0) & (weights <= 1)), weights, jnp.nan)
   if missing == "nan":
     weights = seen.astype(U.dtype) if weights is None else weights * seen
-  if beta <= 0:
+  if beta <= 0 and _checks.is_concrete(U) and (weights is None or _checks.is_concrete(weights)):
     zero = np.asarray(U == 0) if weights is None else np.asarray((U == 0) & (weights > 0))
     if zero.any():
       raise ValueError(f"beta_loss={beta_loss!r} (beta <= 0) is infinite where U is 0: U has "

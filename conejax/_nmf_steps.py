@@ -62,11 +62,12 @@ def hals_update(X, P, Q, mu, inner: int):
   """
   diag = jnp.diag(Q)
   safe = jnp.where(diag > 0, diag, 1)
+  live = ~(diag <= 0)  # a NaN Q_kk updates too: NaN statistics give NaN, never the old X
   Xt, Pt = X.T, P.T  # rows are contiguous: column k of X is row k of Xt
 
   def column(k, Xt):
     xk = Xt[k] + (Pt[k] - _dot(Q[k], Xt) - mu) / safe[k]
-    return Xt.at[k].set(jnp.where(diag[k] > 0, jnp.maximum(xk, 0), Xt[k]))
+    return Xt.at[k].set(jnp.where(live[k], jnp.maximum(xk, 0), Xt[k]))
 
   for _ in range(inner):
     Xt = lax.fori_loop(0, X.shape[1], column, Xt)

@@ -229,6 +229,27 @@ def headline_bench(results):
   return "\n".join(lines)
 
 
+def ci_tests(results):
+  """The test suite as the latest clean-clone CI run saw it (results/ci_tests.json, written
+  by ``.ci/test_summary.py``): cases, outcomes and seconds, all and the fuzz suite."""
+  groups = results["groups"]
+
+  def count(g):
+    c = groups[g]
+    extra = ", ".join(f"{c[k]} {k}" for k in ("failed", "skipped", "xfailed") if c[k])
+    return f"{c['cases']} cases ({c['passed']} passed{', ' + extra if extra else ''})"
+
+  wall = results.get("wall_seconds")
+  whole = "tests" in groups  # (a run of tests/fuzz alone has no other group)
+  return (f"Latest recorded run ({results['source']}, commit {results['commit']}, "
+          f"{results['date']}): "
+          + (f"the suite {count('all')}{f' in {wall:.0f} s wall on 2 cores' if wall else ''}; "
+             if whole else "") +
+          f"the fuzz suite `tests/fuzz/` {count('tests/fuzz')}, "
+          f"{groups['tests/fuzz']['seconds']:.0f} s of test time (the sum of its cases' own "
+          f"times, one core each).")
+
+
 # name -> (JSON file in results/, JSON -> markdown)
 BLOCKS = {"bench_nnls": ("bench_nnls.json", bench_nnls),
           "bench_core": ("bench_core.json", bench_core),
@@ -241,7 +262,8 @@ BLOCKS = {"bench_nnls": ("bench_nnls.json", bench_nnls),
           "mnist_full": ("reproduce_mnist_full.json", mnist_full),
           "main_job": ("reproduce.json", main_job),
           "main_job_timing": ("reproduce.json", main_job_timing),
-          "main_job_warm": ("reproduce_warm.json", main_job_cache)}
+          "main_job_warm": ("reproduce_warm.json", main_job_cache),
+          "ci_tests": ("ci_tests.json", ci_tests)}
 
 
 def replace_block(text, name, markdown):

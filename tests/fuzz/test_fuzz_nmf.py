@@ -360,6 +360,44 @@ def test_nmf_under_jit_propagates_nan():
   assert np.isnan(np.asarray(W)).any()
 
 
+NEGATIVE_UNDER_JIT = {
+    "nmf_hals": lambda U: nmf(U).W,
+    "nmf_mu": lambda U: nmf(U, "mu").H,
+    "nmf_anls": lambda U: nmf(U, "anls").W,
+    "nmf_kl": lambda U: nmf(U, "mu", beta_loss="kullback-leibler").W,
+    "nmf_weighted": lambda U: nmf(U, weights=jnp.ones_like(U)).W,
+    "nmf_objective": lambda U: nmf(U).objective,
+    "nmf_per_class": lambda U: per_class(U).W,
+    "nmf_codes": lambda V: conejax.nmf_codes(reference("hals").W, V).H,
+    "nmf_codes_W": lambda V: conejax.nmf_codes(-V[:RANK].T, U0).H,
+    "nmf_init_pair": lambda U: conejax.nmf(U0, RANK, key=KEY, init=(U[3:6].T, U0[:, :RANK]),
+                                           **FIT).W,
+    "streaming_init": lambda U: conejax.nmf_minibatch_init(KEY, U, RANK).W,
+    "streaming_partial_fit": lambda U: conejax.nmf_partial_fit(
+        conejax.nmf_minibatch_init(KEY, U0, RANK), U).W,
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEGATIVE_UNDER_JIT))
+def test_negative_data_under_jit_gives_nan(case):
+  """Under jit the sign check cannot raise: one negative entry makes the result all NaN."""
+  fn = NEGATIVE_UNDER_JIT[case]
+  U = _with(U0, (4, 2), -1e-3) if case != "nmf_codes_W" else U0
+  assert np.all(np.isnan(np.asarray(jax.jit(fn)(U))))
+  if case != "nmf_codes_W":  # the same call on valid data is finite: the NaN is the sign's
+    assert np.all(np.isfinite(np.asarray(jax.jit(fn)(U0))))
+
+
+@pytest.mark.parametrize("method", ["mu", "hals"])
+def test_traced_weights_equal_eager_and_bad_ones_give_nan(method):
+  """Weights may be traced (computed under jit); outside [0, 1] the fit is NaN there."""
+  M0 = (rng(5).random(U0.shape) > 0.3).astype(np.float32)
+  jitted = jax.jit(lambda M: nmf(U0, method, weights=M).W)
+  np.testing.assert_allclose(np.asarray(jitted(M0)), np.asarray(nmf(U0, method, weights=M0).W),
+                             rtol=1e-5, atol=1e-6)
+  assert np.all(np.isnan(np.asarray(jitted(_with(M0, (0, 0), 1.5)))))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_nmf_is_bitwise_deterministic(method):
   a, b = nmf(U0, method), reference(method)
