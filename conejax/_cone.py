@@ -4,7 +4,10 @@ A ``Cones`` holds K dictionaries stacked on a leading axis, W of shape (K, m, d)
 L1 weight ``mu_h`` of the projection. Samples are rows: X is (..., m). For each sample x
 and cone k, the code is h_k(x) = argmin_{h >= 0} 0.5 ||W_k h - x||^2 + mu_h sum(h), the
 projection is P_k(x) = W_k h_k(x), the distance D_k(x) = ||x - P_k(x)|| and the
-(unnormalised) log-likelihood -D_k(x)^2 / temperature.
+(unnormalised) log-likelihood -D_k(x)^2 / temperature. Cones trained under a beta-divergence
+(``fit_cones(..., beta_loss=...)``) code under it by default: h_k(x) minimises
+D_beta(x | W_k h) + mu_h sum(h) (``conejax.nmf_codes``) and D_k(x) = sqrt(2 D_beta(x | W_k h_k)),
+which for beta = 2 is the distance above.
 
 Every function is a pure function of (cones, X), works under ``jit`` and ``vmap``, forms
 each W_k^T W_k once per call, and codes one cone at a time so the working set stays in cache.
@@ -21,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _nmf, _nnls, _scale
+from conejax import _checks, _nmf, _nmf_checks, _nmf_steps, _nnls, _scale
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -159,7 +162,7 @@ def _fit_ragged(X, y, rank: dict, *, key, **options) -> Cones:
 
 def fit_cones(X, y, rank: int | dict, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "mu",
               init: str = "kmeans", max_iter: int = 20, tol: float = 1e-5,
-              class_batch_size: int = 5) -> Cones:
+              class_batch_size: int = 5, beta_loss="frobenius") -> Cones:
   """One cone per class: ``nmf_per_class`` on (X, y), atoms normalised to unit norm.
 
   The defaults are the best plain cones found on MNIST (experiments/sweep_cones.py):
@@ -179,24 +182,33 @@ def fit_cones(X, y, rank: int | dict, *, key: jax.Array, mu_w=0.0, mu_h=0.0, met
       at unit norm during training (``unit_atoms=True``), so the training codes are the
       projections' codes ``codes(cones, X)`` at a converged fit.
     method, init, max_iter, tol, class_batch_size: as in ``nmf_per_class``.
+    beta_loss: the NMF's loss, as in ``nmf``: "frobenius" (default), "kullback-leibler",
+      "itakura-saito" or a float beta; other than "frobenius" it needs ``method="mu"`` and
+      X > 0 where beta <= 0. The atoms are then normalised after the fit (``unit_atoms``
+      serves the Frobenius loss only), and the cones code and measure under this loss by
+      default (``codes``, ``distance`` and the functions on them take ``beta_loss=None``).
 
   Returns:
     ``Cones`` with W (K, m, rank) and the training settings recorded (``n_iter``: the
-    iterations each class's NMF ran).
+    iterations each class's NMF ran; ``beta_loss``: the loss's name, or its beta).
   """
   if isinstance(rank, dict):
     return _fit_ragged(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method, init=init,
-                       max_iter=max_iter, tol=tol, class_batch_size=class_batch_size)
+                       max_iter=max_iter, tol=tol, class_batch_size=class_batch_size,
+                       beta_loss=beta_loss)
   _checks.require_concrete("fit_cones", "Fit the cones outside jit; then codes, distance and "
                            "log_likelihood work under jit.", X=X, y=y)
+  beta = _nmf_checks.beta_float(beta_loss)
   fit = _nmf.nmf_per_class(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method,
                            init=init, max_iter=max_iter, tol=tol,
-                           class_batch_size=class_batch_size, unit_atoms=True)
+                           class_batch_size=class_batch_size, unit_atoms=beta == 2,
+                           beta_loss=beta_loss)
   norm = jnp.linalg.norm(fit.W, axis=1, keepdims=True)
   W = fit.W / jnp.where(norm > 0, norm, 1)
   settings = dict(rank=int(rank), mu_w=float(mu_w), mu_h=float(mu_h), method=method, init=init,
                   max_iter=max_iter, tol=float(tol), n_train=int(np.shape(X)[0]),
-                  n_iter=tuple(int(i) for i in np.asarray(fit.n_iter).reshape(-1)))
+                  n_iter=tuple(int(i) for i in np.asarray(fit.n_iter).reshape(-1)),
+                  beta_loss=beta_loss if isinstance(beta_loss, str) else beta)
   return make_cones(W, mu_h, fit.classes, settings)
 
 
@@ -240,7 +252,95 @@ def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
   return X, out
 
 
-def codes(cones: Cones, X, **options) -> jax.Array:
+def beta_of(cones, beta_loss) -> float:
+  """The beta to code under: ``beta_loss``'s, or for None the cones' own (the
+  ``settings["beta_loss"]`` that ``fit_cones`` records; 2, Frobenius, when none is)."""
+  if beta_loss is None:
+    beta_loss = dict(cones.settings).get("beta_loss", "frobenius") if isinstance(
+        cones, Cones) else "frobenius"
+  return _nmf_checks.beta_float(beta_loss)
+
+
+_NNLS_DEFAULTS = dict(solver="auto", batch_size=2048, penalty="absolute",
+                      differentiation="implicit")
+
+
+def multiplicative_options(beta, options, where: str):
+  """(max_iter, tol) of the multiplicative updates under a beta-divergence (200 and 1e-5 for
+  None, as ``nmf_codes``); the options of the NNLS solvers must keep their defaults."""
+  rest = dict(options)
+  max_iter, tol = rest.pop("max_iter", None), rest.pop("tol", None)
+  unknown = sorted(set(rest) - set(_NNLS_DEFAULTS))
+  if unknown:
+    raise TypeError(f"{where} got unexpected options {unknown}.")
+  changed = sorted(name for name, value in rest.items() if not (
+      isinstance(value, (str, int, np.integer)) and value == _NNLS_DEFAULTS[name]))
+  if changed:
+    given = ", ".join(f"{name}={rest[name]!r}" for name in changed)
+    raise ValueError(f"{where}: beta_loss {beta:g} codes by multiplicative updates "
+                     f"(conejax.nmf_codes), where {given} does not apply (the NNLS options "
+                     "serve beta_loss='frobenius'); leave it at its default. max_iter and tol "
+                     "set the updates.")
+  max_iter = 200 if max_iter is None else _checks.check_positive_int(max_iter, "max_iter")
+  return max_iter, 1e-5 if tol is None else float(_checks.check_tol(tol))
+
+
+def check_divergence_data(X, name: str, beta: float) -> None:
+  """Data D_beta can measure: non-negative, and non-zero where beta <= 0 (concrete only)."""
+  _checks.check_nonnegative(X, name)
+  if beta <= 0 and _checks.is_concrete(X) and np.any(np.asarray(X) == 0):
+    raise ValueError(f"beta_loss {beta:g} (beta <= 0) is infinite where {name} is 0: {name} has "
+                     f"{int(np.sum(np.asarray(X) == 0))} zero entries. Add a small floor (e.g. "
+                     f"{name} + 1e-9 * {name}.max()).")
+
+
+def divergences(X, WH, beta: float):
+  """D_beta(x | wh) summed over the last axis, as ``nmf_objective`` sums it: X broadcast to
+  WH (..., m), returns (...)."""
+  X = jnp.broadcast_to(X, WH.shape).reshape(-1, WH.shape[-1])
+  one = lambda x, wh: _nmf_steps.beta_divergence(x, wh, beta)
+  return jax.vmap(one)(X, WH.reshape(X.shape)).reshape(WH.shape[:-1])
+
+
+def divergence_distance(D):
+  """sqrt(2 D) for divergences D >= 0 (rounding below 0 is 0); the gradient at 0 is 0."""
+  positive = D > 0  # NaN stays NaN
+  return jnp.where(positive, jnp.sqrt(2 * jnp.where(positive, D, 1)), jnp.where(D <= 0, 0, D))
+
+
+@functools.partial(jax.jit, static_argnames=("beta", "max_iter", "tol"))
+def _beta_codes(W, X, mu_h, widths, *, beta, max_iter, tol):
+  """``nmf_codes`` of X (N, m) on each cone W_k, one cone at a time (lax.map), started at
+  sqrt(mean(X) / d_k) (its default for the cone's own d_k atoms): codes (N, K, d) and
+  distances sqrt(2 D_beta(x | W_k h_k)) (N, K)."""
+  mean = jnp.mean(X)
+
+  def one(args):
+    W_k, d_k = args
+    start = jnp.full((X.shape[0], W.shape[-1]), jnp.sqrt(mean / d_k), X.dtype)
+    H = _nmf.nmf_codes(W_k, X, mu_h=mu_h, beta_loss=beta, method="mu", init=start,
+                       max_iter=max_iter, tol=tol).H
+    return H, divergences(X, jnp.dot(H, W_k.T, precision=_HIGHEST), beta)
+
+  H, D = lax.map(one, (W, widths))
+  return jnp.moveaxis(H, 0, 1), divergence_distance(D.T)
+
+
+def _solve_beta(cones: Cones, X, beta, options, where):
+  """Codes (..., K, d) and distances (..., K) of X under D_beta: X and both."""
+  max_iter, tol = multiplicative_options(beta, options, where)
+  X = _check_samples(cones, X)
+  check_divergence_data(X, "X", beta)
+  batch, (K, m, d) = X.shape[:-1], cones.W.shape
+  flat = X.reshape(-1, m)
+  if flat.shape[0] == 0:
+    return X, jnp.zeros(batch + (K, d), X.dtype), jnp.zeros(batch + (K,), X.dtype)
+  widths = jnp.asarray(cones.ranks, X.dtype)
+  H, D = _beta_codes(cones.W, flat, cones.mu_h, widths, beta=beta, max_iter=max_iter, tol=tol)
+  return X, H.reshape(batch + (K, d)), D.reshape(batch + (K,))
+
+
+def codes(cones: Cones, X, *, beta_loss=None, **options) -> jax.Array:
   """Sparse codes of every sample on every cone: (..., K, d).
 
   Options (keyword-only, shared by ``project``, ``distance``, ``log_likelihood``,
@@ -250,13 +350,25 @@ def codes(cones: Cones, X, **options) -> jax.Array:
   ``cones.mu_h``, "implicit" (KKT conditions of the solution) or "unroll" (exactly
   ``max_iter`` APG steps). ``distance`` and the functions built on it also take an
   operator ``A`` (and ``per_sample_operator``) to score observations v = A u.
+
+  ``beta_loss`` (shared by all of them): None codes under the cones' own loss (the
+  ``beta_loss`` that ``fit_cones`` recorded; Frobenius when none is), or a loss as in
+  ``conejax.nmf``. Under a beta-divergence the code on cone k is ``conejax.nmf_codes(W_k,
+  X, mu_h=cones.mu_h, beta_loss=...)``'s, argmin_{h >= 0} D_beta(x | W_k h) + mu_h sum(h)
+  by multiplicative updates (the K cones in one compiled computation, each started at
+  sqrt(mean(X) / d_k) and stopped by the relative decrease of its objective over the batch,
+  as ``nmf_codes``); only ``max_iter`` (default 200) and ``tol`` (1e-5) apply, X must be
+  non-negative (positive for beta <= 0), and it is not reverse-differentiable.
   """
+  beta = beta_of(cones, beta_loss)
+  if beta != 2:
+    return _solve_beta(cones, X, beta, options, "codes")[1]
   return _solve(cones, X, "codes", **options)[1].h
 
 
-def project(cones: Cones, X, **options) -> jax.Array:
+def project(cones: Cones, X, *, beta_loss=None, **options) -> jax.Array:
   """Projections W_k h_k(x) of every sample on every cone: (..., K, m)."""
-  H = codes(cones, X, **options)
+  H = codes(cones, X, beta_loss=beta_loss, **options)
   return jnp.einsum("...kd,kmd->...km", H, cones.W, precision=_HIGHEST)
 
 
@@ -273,8 +385,9 @@ _RECONSTRUCT_OPTIONS = ("solver", "max_iter", "tol", "batch_size", "differentiat
                         "chunk_size")
 
 
-def _operator_distance(cones: Cones, V, A, per_sample_operator, options):
-  """||v - A W_k h_k|| with h_k the code of v on cone(A W_k), by ``reconstruct``: (..., K)."""
+def _operator_distance(cones: Cones, V, A, per_sample_operator, options, beta):
+  """||v - A W_k h_k|| with h_k the code of v on cone(A W_k), by ``reconstruct``: (..., K);
+  sqrt(2 D_beta(v | A W_k h_k)) under a beta-divergence."""
   from conejax import _inverse  # _inverse builds on Cones: imported here, not at the top
 
   penalty = options.pop("penalty", "absolute")
@@ -298,7 +411,9 @@ def _operator_distance(cones: Cones, V, A, per_sample_operator, options):
   if flat.ndim == 2 and flat.shape[0] == 0:
     return jnp.zeros(V.shape[:-1] + (cones.n_classes,), V.dtype)
   out = _inverse.reconstruct(cones, flat, A, select="each",
-                             per_sample_operator=per_sample_operator, **options)
+                             per_sample_operator=per_sample_operator, beta_loss=beta, **options)
+  if beta != 2:
+    return divergence_distance(out.misfit).reshape(V.shape[:-1] + (cones.n_classes,))
   D = _observed_residual_norms(A, out.u, flat, per_sample=per_sample_operator and flat.ndim == 2)
   return D.reshape(V.shape[:-1] + (cones.n_classes,))
 
@@ -313,7 +428,7 @@ def _observed_residual_norms(A, U, V, *, per_sample):
   return _safe_norm(AU - V[..., None, :])
 
 
-def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False,
+def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False, beta_loss=None,
              **options) -> jax.Array:
   """Distances D_k(x) = ||x - P_k(x)|| of every sample to every cone: (..., K).
 
@@ -327,11 +442,17 @@ def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False,
   ``reconstruct``. ``predict``, ``predict_proba``, ``log_likelihood``, ``score`` and
   ``calibrate`` take the same ``A`` and ``per_sample_operator`` keywords.
 
+  Under a beta-divergence (``beta_loss``, None for the cones' own, see ``codes``) the
+  distance is D_k(x) = sqrt(2 D_beta(x | W_k h_k)) with the code h_k of ``codes`` (for
+  beta = 2 exactly ||x - W_k h_k||), so exp(-D_k^2) = exp(-2 D_beta) stays the likelihood;
+  with an operator, sqrt(2 D_beta(v | A W_k h_k)) with the codes of ``reconstruct``.
+
   Args:
     cones: ``Cones`` (K, m, d).
     X: (..., m) samples, or (..., k) observations when A is given.
     A: None (the samples themselves) or an operator from (m,) to (k,).
     per_sample_operator: whether A holds one operator per sample.
+    beta_loss: None (the cones' own loss) or a loss as in ``conejax.nmf``.
     **options: as in ``codes``; with A, ``solver``, ``max_iter``, ``tol``, ``batch_size``,
       ``differentiation`` and ``chunk_size`` as in ``reconstruct`` (``penalty`` must be
       "absolute").
@@ -348,10 +469,13 @@ def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False,
     >>> conejax.distance(cones, jnp.array([1.0, 2.0]), A=A).tolist()
     [2.0]
   """
+  beta = beta_of(cones, beta_loss)
   if A is not None:
-    return _operator_distance(cones, X, A, bool(per_sample_operator), dict(options))
+    return _operator_distance(cones, X, A, bool(per_sample_operator), dict(options), beta)
   if per_sample_operator:
     raise ValueError("per_sample_operator=True needs an operator A (one per sample).")
+  if beta != 2:
+    return _solve_beta(cones, X, beta, options, "distance")[2]
   X, out = _solve(cones, X, "distance", **options)
   H, batch = out.h, X.shape[:-1]
   flat = _residual_norms(cones.W, X.reshape(-1, X.shape[-1]), H.reshape(-1, *H.shape[-2:]))

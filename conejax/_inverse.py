@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks, _loops, _nnls, solvers
+from conejax import _checks, _cone, _loops, _nmf, _nmf_steps, _nnls, solvers
 from conejax._cone import Cones, check_temperature
 from conejax.operators import _base as operators
 
@@ -171,7 +171,13 @@ def _reconstruct(W, V, A, mu, temperature, *, loss, select, per_sample, options,
     AU = jnp.einsum("nkd,kcd->nkc", h, B, precision=_HIGHEST)
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
   misfit = _misfit(AU - V[:, None], loss)
-  none = jnp.full(V.shape[:1], -1, jnp.int32)
+  return _select(U, h, misfit, converged, mu, temperature, loss=loss, select=select)
+
+
+def _select(U, h, misfit, converged, mu, temperature, *, loss, select):
+  """The ``Reconstruction`` of ``select`` from the estimates U (n, K, m), codes h (n, K, d),
+  misfits and convergence (n, K) on every cone."""
+  none = jnp.full(U.shape[:1], -1, jnp.int32)
   if select == "each":
     return Reconstruction(U, h, misfit, none, converged)
   if select == "union":
@@ -188,6 +194,102 @@ def _reconstruct(W, V, A, mu, temperature, *, loss, select, per_sample, options,
   return Reconstruction(pick(U), pick(h), pick(misfit), best, converged)
 
 
+_FLOAT64_EPS = float(jnp.finfo(jnp.float64).eps)  # MU codes under it are zeroed for beta < 1
+
+
+def multiplicative_codes(forward, adjoint, V, H, mu, *, beta: float, max_iter: int, tol: float):
+  """min_{H >= 0} D_beta(V | B H) + mu |H|_1 by the multiplicative updates of ``nmf_codes``,
+  with B given only as ``forward`` (H (n, d) -> (n, k)) and ``adjoint`` (R (n, k) -> (n, d)):
+
+      H <- H * (B^T [(B H)^(beta - 2) V] / (B^T (B H)^(beta - 1) + mu))^gamma,
+
+  gamma the MM exponent (1 for 1 <= beta <= 2), B H floored at float32 eps where beta < 2 as
+  scikit-learn does, a zero denominator replaced by eps, and for beta < 1 codes under
+  float64 eps set to 0. Stops after ``max_iter`` updates or when the objective falls by less
+  than ``tol`` times itself. V (n, k) and mu at unit scale; returns H and the updates run.
+  """
+  eps, gamma = _nmf_steps.EPSILON, _nmf_steps.mm_exponent(beta)
+  column_sums = adjoint(jnp.ones_like(V[:1])) if beta == 1 else None
+
+  def step(H, BH):
+    safe = jnp.maximum(BH, eps)
+    if beta == 1:
+      numerator, denominator = V / safe, column_sums
+    elif beta == 0:
+      numerator, denominator = V / safe**2, adjoint(1 / safe)
+    else:
+      numerator = V * (safe if beta < 2 else BH) ** (beta - 2)
+      denominator = adjoint((safe if beta < 1 else BH) ** (beta - 1))
+    denominator = denominator + mu
+    delta = adjoint(numerator) / jnp.where(denominator == 0, eps, denominator)
+    H = H * (delta if gamma == 1 else delta**gamma)
+    return jnp.where(H < _FLOAT64_EPS, 0, H) if beta < 1 else H
+
+  def body(carry):
+    H, BH, it, _, current = carry
+    H = step(H, BH)
+    BH = forward(H)
+    value = _nmf_steps.beta_divergence(V, BH, beta) + mu * jnp.sum(H)
+    return H, BH, it + 1, current, value
+
+  def running(carry):
+    *_, it, previous, current = carry
+    return (it < max_iter) & ~((tol > 0) & (previous - current < tol * previous))
+
+  inf = jnp.full((), jnp.inf, V.dtype)
+  start = (H, forward(H), jnp.zeros((), jnp.int32), inf, inf)
+  H, _, n_iter, _, _ = lax.while_loop(running, body, start)
+  return H, n_iter
+
+
+@functools.partial(jax.jit, static_argnames=("select", "beta", "max_iter", "tol"))
+def _reconstruct_beta(W, V, A, mu, temperature, widths, *, select, beta, max_iter, tol):
+  """``reconstruct`` under D_beta: ``multiplicative_codes`` on every cone (lax.map), at the
+  unit scale V / max(V) of ``nmf_codes`` and from its start sqrt(mean(V) / d_k)."""
+  K, m, d = W.shape
+  if select == "union":
+    W, widths = jnp.transpose(W, (1, 0, 2)).reshape(1, m, K * d), jnp.sum(widths)[None]
+  s, V_unit, _, mu_unit, _ = _nmf.unit_scale(V, 0.0, mu, beta=beta)
+  mean = jnp.mean(V)
+
+  def one(args):
+    W_k, d_k = args
+    forward = lambda H: jax.vmap(A.mv)(jnp.dot(H, W_k.T, precision=_HIGHEST))
+    adjoint = lambda R: jnp.dot(jax.vmap(A.T.mv)(R), W_k, precision=_HIGHEST)
+    start = jnp.full((V.shape[0], W_k.shape[1]), jnp.sqrt(mean / d_k), V.dtype) / s
+    H, n_iter = multiplicative_codes(forward, adjoint, V_unit, start, mu_unit, beta=beta,
+                                     max_iter=max_iter, tol=tol)
+    return H * s, (n_iter < max_iter) | (tol == 0)  # tol = 0 asks for every update
+
+  h, stopped = lax.map(one, (W, widths))
+  h = jnp.moveaxis(h, 0, 1)
+  converged = jnp.broadcast_to(stopped[None], h.shape[:2])
+  U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
+  AU = jax.vmap(A.mv)(U.reshape(-1, m)).reshape(U.shape[:2] + (V.shape[-1],))
+  misfit = _cone.divergences(V[:, None], AU, beta)
+  return _select(U, h, misfit, converged, mu, temperature, loss="l2", select=select)
+
+
+def _check_beta(beta, W, V, A, loss, per_sample_operator, options):
+  """(max_iter, tol) for ``reconstruct`` under a beta-divergence, or a ValueError."""
+  if loss != "l2":
+    raise ValueError(f"loss={loss!r} cannot go with beta_loss {beta:g}: the beta-divergence is "
+                     "the data fit; pass loss='l2' (the default) with it, or "
+                     "beta_loss='frobenius' for the L1 fit.")
+  if per_sample_operator:
+    raise ValueError(f"beta_loss {beta:g} takes one operator shared by all samples; "
+                     "per_sample_operator=True serves beta_loss='frobenius' only.")
+  max_iter, tol = _cone.multiplicative_options(beta, options, "reconstruct")
+  _cone.check_divergence_data(V, "V", beta)
+  if all(map(_checks.is_concrete, [W, V, *jax.tree.leaves(A)])):
+    B = jax.vmap(operators.apply_to_dictionary, (None, 0))(A, W)
+    if bool(jnp.any(B < -1e-6 * jnp.max(jnp.abs(B)))):
+      raise ValueError(f"beta_loss {beta:g} needs A W >= 0 (an operator that keeps the atoms "
+                       "non-negative, as masks, blurs and pooling do); this A makes atoms "
+                       "negative. Use beta_loss='frobenius' with it.")
+  return max_iter, tol
+
+
 def _is_single_operator(A, dtype) -> bool:
   """Whether A, given as a batch of per-sample operators, is a single one: its ``mv``
   maps one signal (in_size,) to (out_size,) (a batch's leaves broadcast or fail)."""
@@ -202,7 +304,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                 per_sample_operator: bool = False, max_iter: int | None = None,
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
                 differentiation: str = "implicit", solver="auto",
-                temperature=None) -> Reconstruction:
+                temperature=None, beta_loss=None) -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
@@ -241,13 +343,23 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     temperature: () > 0, required by ``select="posterior"`` (only): from
       ``conejax.calibrate``, or 2 sigma^2 for Gaussian noise of standard deviation sigma
       (the likelihood exp(-||A u - v||^2 / (2 sigma^2))).
+    beta_loss: None (the cones' own loss, as ``codes``; Frobenius for an array), or a loss
+      as in ``conejax.nmf``. Under a beta-divergence the codes minimise
+      D_beta(v | A W_k h) + mu_h sum(h) by multiplicative updates
+      (``multiplicative_codes``, matrix-free: A.mv and A^T only, as ``nmf_codes`` does
+      them with A the identity), ``misfit`` is D_beta(v | A W_k h_k) (0.5 ||.||^2 for
+      beta = 2; "best" minimises it plus mu_h sum(h), "posterior" weighs by
+      exp(-2 misfit / T)); V and A W must be non-negative, only ``max_iter`` (default 200)
+      and ``tol`` (1e-5) apply, and ``loss="l1"`` and per-sample operators do not.
 
   Returns:
     ``Reconstruction`` (u, h, misfit, cone, converged); see its fields for shapes. A single sample
     (V of shape (k,)) and a single dictionary drop their axes.
 
   Raises:
-    ValueError: on unknown loss or select, shape mismatch, non-finite data or mu_h < 0.
+    ValueError: on unknown loss or select, shape mismatch, non-finite data or mu_h < 0;
+      under a beta-divergence, on negative V or A W, zeros of V for beta <= 0, loss="l1",
+      per-sample operators or NNLS options other than their defaults.
 
   Example:
     >>> import jax, jax.numpy as jnp, conejax
@@ -296,6 +408,16 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       A = jax.tree.map(lambda x: x[None], A)
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
+  beta = _cone.beta_of(dictionary, beta_loss)
+  if beta != 2:
+    steps = _check_beta(beta, W, V, A, loss, per_sample_operator, dict(
+        solver=solver, batch_size=batch_size, differentiation=differentiation,
+        max_iter=max_iter, tol=tol))
+    widths = jnp.asarray(dictionary.ranks if isinstance(dictionary, Cones)
+                         else (W.shape[-1],) * W.shape[0], dtype)
+    out = _reconstruct_beta(W.astype(dtype), V.astype(dtype), A, mu, temperature.astype(dtype),
+                            widths, select=select, beta=beta, max_iter=steps[0], tol=steps[1])
+    return _finish(out, single_dictionary, single_sample, select)
   solver, batch_size = _nnls.check_options(
       solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
       differentiation=differentiation, loss=loss, matrix_free=per_sample_operator and loss == "l2",
@@ -313,6 +435,11 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                      per_sample=bool(per_sample_operator),
                      options=tuple(sorted(options.items())),
                      chunk=_checks.check_positive_int(chunk_size, "chunk_size"))
+  return _finish(out, single_dictionary, single_sample, select)
+
+
+def _finish(out, single_dictionary, single_sample, select):
+  """``reconstruct``'s output with the axes of a single dictionary and sample dropped."""
   if single_dictionary and select == "each":
     out = Reconstruction(out.u[:, 0], out.h[:, 0], out.misfit[:, 0], out.cone,
                          out.converged[:, 0])
@@ -320,7 +447,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     out = out._replace(h=out.h[:, 0], misfit=out.misfit[:, 0])
   if single_sample:
     out = jax.tree.map(lambda x: x[0], out)
-  solvers.warn_if_not_converged(out, "reconstruct")
+  solvers.warn_if_not_converged(out, "reconstruct", stacklevel=4)
   return out
 
 
@@ -340,7 +467,7 @@ def _separate(W, V, mu, *, wiener, options):
 
 def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
              max_iter: int | None = None, tol: float | None = None, batch_size: int = 2048,
-             penalty: str = "absolute", beta_loss="frobenius") -> jax.Array:
+             penalty: str = "absolute", beta_loss=None) -> jax.Array:
   """Splits mixtures v = u_1 + ... + u_K into one component per cone.
 
   Codes each mixture once on the concatenated dictionary [W_1, ..., W_K] (sparse NNLS),
@@ -361,8 +488,9 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
     solver, max_iter, tol, batch_size, penalty: as in ``conejax.nnls`` ("auto" is exact;
       ``penalty="relative"`` reads mu_h as a fraction of each mixture's largest useful
       penalty, for data of any scale).
-    beta_loss: "frobenius" (default, the sparse NNLS above), "kullback-leibler",
-      "itakura-saito" or a float beta, as in ``conejax.nmf``. Other than "frobenius", V must
+    beta_loss: None (default: the cones' own loss, see ``conejax.codes``; Frobenius for an
+      array), "frobenius" (the sparse NNLS above), "kullback-leibler", "itakura-saito" or a
+      float beta, as in ``conejax.nmf``. Other than "frobenius", V must
       be non-negative, ``max_iter`` (default 200) and ``tol`` (default 1e-5) are those of
       the multiplicative updates, and ``solver``, ``batch_size`` and ``penalty`` must keep
       their defaults.
@@ -392,14 +520,14 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
                      f"{tuple(V.shape)}.")
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
-  if not (isinstance(beta_loss, str) and beta_loss == "frobenius"):
-    from conejax import _nmf   # a beta-divergence: the codes of NMF's multiplicative updates
+  beta = _cone.beta_of(cones, beta_loss)
+  if beta != 2:  # a beta-divergence: the codes of NMF's multiplicative updates
     if (solver, batch_size, penalty) != ("auto", 2048, "absolute"):
       raise ValueError(f"beta_loss={beta_loss!r} codes by multiplicative updates: solver, "
                        "batch_size and penalty apply to beta_loss='frobenius' only; leave "
                        "them at their defaults.")
     union = jnp.transpose(W, (1, 0, 2)).reshape(W.shape[1], -1).astype(dtype)
-    H = _nmf.nmf_codes(union, V.astype(dtype), mu_h=mu, beta_loss=beta_loss, method="mu",
+    H = _nmf.nmf_codes(union, V.astype(dtype), mu_h=mu, beta_loss=beta, method="mu",
                        max_iter=200 if max_iter is None else max_iter,
                        tol=1e-5 if tol is None else tol).H
     parts = jnp.einsum("nkd,kmd->nkm", H.reshape(-1, *W.shape[::2]), W.astype(dtype),
