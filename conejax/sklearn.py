@@ -294,11 +294,9 @@ class ConeNMF(TransformerMixin, BaseEstimator):
     """One streaming step on the chunk X (``conejax.nmf_partial_fit``).
 
     The first call starts from this chunk (``conejax.nmf_minibatch_init``) and fixes
-    n_components_ and n_features_in_; ``fit`` starts over.
+    n_components_, n_features_in_ and the loss (``beta_loss``, streamed by multiplicative
+    updates when it is not the Frobenius loss); ``fit`` starts over.
     """
-    if not self._frobenius():
-      raise ValueError(f"partial_fit streams the Frobenius loss only; got beta_loss="
-                       f"{self.beta_loss!r}. Use fit, or beta_loss='frobenius'.")
     first = getattr(self, "_stream", None) is None
     X = validate_data(self, X, reset=first, dtype=FLOATS)
     check_non_negative(X, "ConeNMF.partial_fit")
@@ -307,11 +305,12 @@ class ConeNMF(TransformerMixin, BaseEstimator):
         self.n_components_ = self._rank(X)
         init = self.init if self.init in ("nndsvda", "random", "kmeans") else "nndsvda"
         state = conejax.nmf_minibatch_init(_key(self.random_state), X,
-                                              self.n_components_, init=init)
+                                              self.n_components_, init=init,
+                                              beta_loss=self.beta_loss)
       else:
         state = jax.tree.map(lambda a: jax.numpy.asarray(a), self._stream)
       state = conejax.nmf_partial_fit(state, X, mu_w=self.mu_w, mu_h=self.mu_h,
-                                         forget=self.forget)
+                                         forget=self.forget, beta_loss=self.beta_loss)
       self._stream = jax.tree.map(np.asarray, state)
     self.components_ = np.asarray(state.W, X.dtype).T
     self.n_iter_ = int(np.asarray(state.n_chunks))

@@ -156,8 +156,8 @@ def test_errors_name_the_argument():
     ConeNMF(n_components=2).fit(-X)
   with pytest.raises(ValueError, match="beta_loss must be"):
     ConeNMF(beta_loss="poisson").fit(X)
-  with pytest.raises(ValueError, match="partial_fit streams the Frobenius loss only"):
-    ConeNMF(beta_loss="kullback-leibler").partial_fit(X)
+  with pytest.raises(ValueError, match="beta_loss must be"):
+    ConeNMF(beta_loss="poisson").partial_fit(X)
   with pytest.raises(ValueError, match="rank must be a positive integer"):
     ConeClassifier(rank=0).fit(X, np.arange(20) % 2)
   with pytest.warns(UserWarning, match="n_components=9 is more than"):

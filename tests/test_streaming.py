@@ -150,7 +150,7 @@ def test_jit_of_the_step_matches_and_does_not_recompile(dtype):
   eager = nmf_partial_fit(state, first, mu_h=0.1)
   jitted = jax.jit(lambda s, c: nmf_partial_fit(s, c, mu_h=0.1))(state, first)
   rtol = 1e-5 if dtype == np.float32 else 1e-12
-  for a, b in zip(eager, jitted):
+  for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
     np.testing.assert_allclose(a, b, rtol=rtol)
   assert eager.W.dtype == dtype and eager.A.dtype == dtype
   before = _streaming._partial_fit_jit._cache_size()
