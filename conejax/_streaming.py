@@ -24,7 +24,15 @@ The statistics hold ``count`` discounted rows while the objective weighs |W|_1 a
 rows of the data, so the W step uses the penalty mu_w * count / N: with ``forget=1`` one chunk
 holding all the data gives exactly one batch HALS update of W.
 
+Fixed atoms, entry weights (missing values) and beta-divergences, as ``conejax.nmf`` takes
+them, are chosen by ``nmf_minibatch_init`` and recorded in the state (``StreamKind``): the
+weighted Frobenius W step is row-wise HALS on per-feature statistics (m, d, d), the
+beta-divergence W step the online multiplicative updates of Lefevre et al. (2011); the
+unweighted Frobenius step above is unchanged (docs/streaming.md has the maths).
+
 References:
+  A. Lefevre, F. Bach, C. Fevotte. Online algorithms for nonnegative matrix factorization
+  with the Itakura-Saito divergence. WASPAA 2011.
   J. Mairal, F. Bach, J. Ponce, G. Sapiro. Online learning for matrix factorization and
   sparse coding. JMLR 11, 2010.
 """
@@ -67,7 +75,8 @@ class StreamKind:
 
 
 class StreamingNMFState(NamedTuple):
-  """Everything streaming NMF keeps between chunks; O(m d + d^2), independent of N.
+  """Everything streaming NMF keeps between chunks; O(m d + d^2) (a weighted Frobenius
+  stream: O(m d^2)), independent of N.
 
   Attributes:
     W: (m, d) current dictionary, atoms as columns.
