@@ -146,14 +146,18 @@ class ConeClassifier(ClassifierMixin, BaseEstimator):
     """D_min^2 - D_k^2 per class (<= 0, 0 at the nearest cone), from the differences
     (D_k - D_min)(D_k + D_min), which stay finite where the squares would not.
 
-    Differences below sqrt(eps) ||x||^2 are below the solvers' resolution and count as
-    ties (0), so ``predict``, ``predict_proba`` and ``decision_function`` agree on them.
+    Differences below 64 eps ||x||^2 are rounding (D^2 <= ||x||^2 is formed to a few ulps
+    of ||x||^2) and count as ties (0), so ``predict``, ``predict_proba`` and
+    ``decision_function`` agree on them. (It was sqrt(eps) m max|x|^2 before: 0.27 on
+    MNIST digits, where it tied true nearest cones and cost 0.35 points of accuracy.)
     """
     D, X = self._distances(X, return_X=True)
     nearest = D.min(axis=1, keepdims=True)
     logits = -(D - nearest) * (D + nearest)
-    scale = np.max(np.abs(X), axis=1, keepdims=True)
-    resolution = np.sqrt(np.finfo(D.dtype).eps) * scale**2 * X.shape[1]
+    scale = np.max(np.abs(X), axis=1, keepdims=True)  # ||x||^2 at unit scale: no overflow
+    unit = np.where(scale > 0, scale, 1)
+    resolution = 64 * np.finfo(D.dtype).eps * np.sum((X / unit) ** 2, axis=1,
+                                                      keepdims=True) * unit**2
     return np.where(logits > -resolution, 0, logits)
 
   def decision_function(self, X):
