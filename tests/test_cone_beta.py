@@ -242,3 +242,18 @@ def test_negative_data_under_jit_is_nan():
   cones, _, X = _problem()
   D = jax.jit(conejax.distance)(cones, jnp.asarray(X).at[0, 0].set(-1.0))
   assert np.all(np.isnan(D))
+
+
+def test_reconstruct_union_and_posterior_under_kl():
+  cones, W, X = _problem()
+  A = ops.mask((np.arange(M) % 4 != 0).astype(np.float64))
+  V, fixed = ops.apply(A, X), dict(max_iter=100, tol=0.0)  # every update: no warning
+  union = conejax.reconstruct(cones, V, A, select="union", **fixed)
+  alone = conejax.reconstruct(np.concatenate(list(W), axis=1), V, A, mu_h=MU, beta_loss=KL,
+                              **fixed)
+  np.testing.assert_allclose(union.h, alone.h, rtol=1e-12, atol=1e-14)
+  post = conejax.reconstruct(cones, V, A, select="posterior", temperature=0.5, **fixed)
+  each = conejax.reconstruct(cones, V, A, **fixed)
+  p = conejax.predict_proba(cones, V, 0.5, A=A, **fixed)
+  np.testing.assert_allclose(post.u, np.einsum("nk,nkm->nm", p, each.u), rtol=1e-10)
+  np.testing.assert_array_equal(post.cone, np.argmax(p, -1))
