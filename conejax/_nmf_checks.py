@@ -28,15 +28,18 @@ def check_data(U, name, allow_nan=False):
     raise ValueError(f"{name} has no {empty}, shape {tuple(U.shape)}; NMF needs at least one "
                      "sample and one feature (skip empty chunks).")
   seen = jnp.where(jnp.isnan(U), 0, U) if allow_nan else U
-  if allow_nan and not np.all(np.isfinite(np.asarray(seen))):
+  if allow_nan and _checks.is_concrete(U) and not np.all(np.isfinite(np.asarray(seen))):
     raise ValueError(f"{name} contains Inf values; with missing='nan' only NaN marks a missing "
                      "entry. Replace the Inf entries by NaN or by finite values.")
   _checks.check_finite(seen, name)
   _checks.check_nonnegative(seen, name)
   if not _checks.is_concrete(U):
     # Under jit the sign cannot raise: a negative entry makes every entry NaN, so the fit,
-    # its codes and its objective come out NaN instead of finite but meaningless.
-    U = jnp.where(jnp.any(seen < 0), jnp.nan, U)
+    # its codes and its objective come out NaN instead of finite but meaningless. With
+    # missing="nan" NaN would read as missing: there every entry becomes Inf (as would an
+    # Inf entry), which the updates turn into NaN.
+    bad = jnp.any(seen < 0) | (jnp.any(jnp.isinf(seen)) if allow_nan else False)
+    U = jnp.where(bad, jnp.inf if allow_nan else jnp.nan, U)
   return U
 
 
