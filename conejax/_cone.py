@@ -310,18 +310,19 @@ def divergence_distance(D):
 
 @functools.partial(jax.jit, static_argnames=("beta", "max_iter", "tol"))
 def _beta_codes(W, X, mu_h, widths, *, beta, max_iter, tol):
-  """``nmf_codes`` of X (N, m) on each cone W_k, one cone at a time (lax.map), started at
-  sqrt(mean(X) / d_k) (its default for the cone's own d_k atoms): codes (N, K, d) and
-  distances sqrt(2 D_beta(x | W_k h_k)) (N, K)."""
-  mean = jnp.mean(X)
+  """The codes of X (N, m) on each cone W_k under D_beta (lax.map over the cones), each
+  sample on its own (``_nmf_steps.multiplicative_codes``: the updates of ``nmf_codes`` for
+  that sample alone): codes (N, K, d) and distances sqrt(2 D_beta(x | W_k h_k)) (N, K)."""
 
   def one(args):
     W_k, d_k = args
-    start = jnp.full((X.shape[0], W.shape[-1]), jnp.sqrt(mean / d_k), X.dtype)
-    H = _nmf.nmf_codes(W_k, X, mu_h=mu_h, beta_loss=beta, method="mu", init=start,
-                       max_iter=max_iter, tol=tol).H
-    return H, divergences(X, jnp.dot(H, W_k.T, precision=_HIGHEST), beta)
+    forward = lambda H: jnp.dot(H, W_k.T, precision=_HIGHEST)
+    adjoint = lambda R: jnp.dot(R, W_k, precision=_HIGHEST)
+    H, _ = _nmf_steps.multiplicative_codes(forward, adjoint, X, mu_h, d_k, beta=beta,
+                                           max_iter=max_iter, tol=tol)
+    return H, divergences(X, forward(H), beta)
 
+  X = jnp.where(jnp.any(X < 0, axis=1, keepdims=True), jnp.nan, X)  # (unchecked under jit)
   H, D = lax.map(one, (W, widths))
   return jnp.moveaxis(H, 0, 1), divergence_distance(D.T)
 

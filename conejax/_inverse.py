@@ -194,78 +194,26 @@ def _select(U, h, misfit, converged, mu, temperature, *, loss, select):
   return Reconstruction(pick(U), pick(h), pick(misfit), best, converged)
 
 
-_FLOAT64_EPS = float(jnp.finfo(jnp.float64).eps)  # MU codes under it are zeroed for beta < 1
-
-
-def multiplicative_codes(forward, adjoint, V, H, mu, *, beta: float, max_iter: int, tol: float):
-  """min_{H >= 0} D_beta(V | B H) + mu |H|_1 by the multiplicative updates of ``nmf_codes``,
-  with B given only as ``forward`` (H (n, d) -> (n, k)) and ``adjoint`` (R (n, k) -> (n, d)):
-
-      H <- H * (B^T [(B H)^(beta - 2) V] / (B^T (B H)^(beta - 1) + mu))^gamma,
-
-  gamma the MM exponent (1 for 1 <= beta <= 2), B H floored at float32 eps where beta < 2 as
-  scikit-learn does, a zero denominator replaced by eps, and for beta < 1 codes under
-  float64 eps set to 0. Stops after ``max_iter`` updates or when the objective falls by less
-  than ``tol`` times itself. V (n, k) and mu at unit scale; returns H and the updates run.
-  """
-  eps, gamma = _nmf_steps.EPSILON, _nmf_steps.mm_exponent(beta)
-  column_sums = adjoint(jnp.ones_like(V[:1])) if beta == 1 else None
-
-  def step(H, BH):
-    safe = jnp.maximum(BH, eps)
-    if beta == 1:
-      numerator, denominator = V / safe, column_sums
-    elif beta == 0:
-      numerator, denominator = V / safe**2, adjoint(1 / safe)
-    else:
-      numerator = V * (safe if beta < 2 else BH) ** (beta - 2)
-      denominator = adjoint((safe if beta < 1 else BH) ** (beta - 1))
-    denominator = denominator + mu
-    delta = adjoint(numerator) / jnp.where(denominator == 0, eps, denominator)
-    H = H * (delta if gamma == 1 else delta**gamma)
-    return jnp.where(H < _FLOAT64_EPS, 0, H) if beta < 1 else H
-
-  def body(carry):
-    H, BH, it, _, current = carry
-    H = step(H, BH)
-    BH = forward(H)
-    value = _nmf_steps.beta_divergence(V, BH, beta) + mu * jnp.sum(H)
-    return H, BH, it + 1, current, value
-
-  def running(carry):
-    *_, it, previous, current = carry
-    return (it < max_iter) & ~((tol > 0) & (previous - current < tol * previous))
-
-  inf = jnp.full((), jnp.inf, V.dtype)
-  start = (H, forward(H), jnp.zeros((), jnp.int32), inf, inf)
-  H, _, n_iter, _, _ = lax.while_loop(running, body, start)
-  return H, n_iter
-
-
 @functools.partial(jax.jit, static_argnames=("select", "beta", "max_iter", "tol"))
 def _reconstruct_beta(W, V, A, mu, temperature, widths, *, select, beta, max_iter, tol):
-  """``reconstruct`` under D_beta: ``multiplicative_codes`` on every cone (lax.map), at the
-  unit scale V / max(V) of ``nmf_codes`` and from its start sqrt(mean(V) / d_k)."""
+  """``reconstruct`` under D_beta: ``_nmf_steps.multiplicative_codes`` on every cone
+  (lax.map), each observation on its own (its unit scale, start and stopping test)."""
   K, m, d = W.shape
   if select == "union":
     W, widths = jnp.transpose(W, (1, 0, 2)).reshape(1, m, K * d), jnp.sum(widths)[None]
-  s, V_unit, _, mu_unit, _ = _nmf.unit_scale(V, 0.0, mu, beta=beta)
-  mean = jnp.mean(V)
-
   def one(args):
     W_k, d_k = args
     forward = lambda H: jax.vmap(A.mv)(jnp.dot(H, W_k.T, precision=_HIGHEST))
     adjoint = lambda R: jnp.dot(jax.vmap(A.T.mv)(R), W_k, precision=_HIGHEST)
-    start = jnp.full((V.shape[0], W_k.shape[1]), jnp.sqrt(mean / d_k), V.dtype) / s
-    H, n_iter = multiplicative_codes(forward, adjoint, V_unit, start, mu_unit, beta=beta,
-                                     max_iter=max_iter, tol=tol)
-    return H * s, (n_iter < max_iter) | (tol == 0)  # tol = 0 asks for every update
+    H, n_iter = _nmf_steps.multiplicative_codes(forward, adjoint, V, mu, d_k, beta=beta,
+                                                max_iter=max_iter, tol=tol)
+    return H, (n_iter < max_iter) | (tol == 0)  # tol = 0 asks for every update
 
   h, stopped = lax.map(one, (W, widths))
-  h = jnp.moveaxis(h, 0, 1)
-  converged = jnp.broadcast_to(stopped[None], h.shape[:2])
+  h, converged = jnp.moveaxis(h, 0, 1), stopped.T
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
   AU = jax.vmap(A.mv)(U.reshape(-1, m)).reshape(U.shape[:2] + (V.shape[-1],))
+  V = jnp.where(jnp.any(V < 0, axis=1, keepdims=True), jnp.nan, V)  # (unchecked under jit)
   misfit = _cone.divergences(V[:, None], AU, beta)
   return _select(U, h, misfit, converged, mu, temperature, loss="l2", select=select)
 
@@ -346,7 +294,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     beta_loss: None (the cones' own loss, as ``codes``; Frobenius for an array), or a loss
       as in ``conejax.nmf``. Under a beta-divergence the codes minimise
       D_beta(v | A W_k h) + mu_h sum(h) by multiplicative updates
-      (``multiplicative_codes``, matrix-free: A.mv and A^T only, as ``nmf_codes`` does
+      (``_nmf_steps.multiplicative_codes``, matrix-free: A.mv and A^T only, as ``nmf_codes`` does
       them with A the identity), ``misfit`` is D_beta(v | A W_k h_k) (0.5 ||.||^2 for
       beta = 2; "best" minimises it plus mu_h sum(h), "posterior" weighs by
       exp(-2 misfit / T)); V and A W must be non-negative, only ``max_iter`` (default 200)

@@ -214,6 +214,60 @@ def mu_beta_atoms(U, W, H, WH, mu_w, beta: float, weights=None, reduce=lambda x:
   return jnp.where(W < _ZERO_BELOW, 0, W) if beta <= 1 else W
 
 
+def multiplicative_codes(forward, adjoint, V, mu, widths, *, beta: float, max_iter: int,
+                         tol: float):
+  """min_{h >= 0} D_beta(v | B h) + mu |h|_1 for every row v of V, each row on its own.
+
+  B is given only as ``forward`` (H (n, d) -> (n, k)) and ``adjoint`` (R (n, k) -> (n, d)),
+  so it can be A W for a matrix-free operator A. The updates are ``mu_beta_codes``'
+  (scikit-learn's floors and zeroing), H <- H * (B^T [(B H)^(beta-2) V] / (B^T (B H)^(beta-1)
+  + mu))^gamma. Unlike ``nmf_codes`` (scikit-learn's ``transform``: one scale, start and
+  stopping test for the batch), a row's code never depends on the other rows: each row is
+  divided by its own maximum s (the penalty by s^(beta - 1)), starts at sqrt(mean(v) /
+  widths) (``nmf_codes``' start for that row alone; ``widths``: the atoms in use, for
+  zero-padded ragged cones) and stops by itself, after ``max_iter`` updates or when its
+  objective falls by less than ``tol`` times itself (or is 0). A row with a negative entry
+  gets NaN codes. Returns H (n, d) at V's scale and the updates each row ran (n,).
+  """
+  # A row with a negative entry (unchecked under jit) is NaN, never a plausible code.
+  V = jnp.where(jnp.any(V < 0, axis=1, keepdims=True), jnp.nan, V)
+  top = jnp.max(V, axis=1, keepdims=True)
+  scale = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
+  d = jax.eval_shape(adjoint, V[:1]).shape[1]
+  H = jnp.broadcast_to(jnp.sqrt(jnp.mean(V, axis=1, keepdims=True) / widths) / scale,
+                       (V.shape[0], d))
+  V, mu = V / scale, mu / scale ** (beta - 1)
+  column_sums = adjoint(jnp.ones_like(V[:1])) if beta == 1 else None
+
+  def step(H, BH):
+    numerator, denominator = _ratios(V, BH, beta, None)
+    denominator = column_sums if denominator is None else adjoint(denominator)
+    H = _mm_step(H, adjoint(numerator), denominator, mu, beta)
+    return jnp.where(H < _ZERO_BELOW, 0, H) if beta < 1 else H
+
+  def objective(H, BH):
+    rows = jax.vmap(lambda v, bh: beta_divergence(v, bh, beta))(V, BH)
+    return rows + mu[:, 0] * jnp.sum(H, axis=1)
+
+  def body(carry):
+    H, BH, n_iter, active, current = carry
+    H_new = step(H, BH)
+    BH_new = forward(H_new)
+    value = objective(H_new, BH_new)
+    H = jnp.where(active[:, None], H_new, H)
+    BH = jnp.where(active[:, None], BH_new, BH)
+    n_iter = n_iter + active
+    stalled = (tol > 0) & ((current - value < tol * current) | (value <= 0))  # 0: exact
+    current = jnp.where(active, value, current)
+    return H, BH, n_iter, active & ~stalled & (n_iter < max_iter), current
+
+  n = V.shape[0]
+  start = (H, forward(H), jnp.zeros(n, jnp.int32), jnp.full(n, max_iter > 0),
+           jnp.full(n, jnp.inf, V.dtype))
+  H, _, n_iter, _, _ = lax.while_loop(lambda c: jnp.any(c[3]), body, start)
+  return H * scale, n_iter
+
+
 def beta_divergence(U, WH, beta: float, weights=None):
   """sum M d_beta(U | WH) over the entries, M the weights (all ones when None).
 

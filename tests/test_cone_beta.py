@@ -26,12 +26,13 @@ def _problem(dtype=np.float64, n=9, beta_loss=KL):
 
 
 def _numpy_mu(B, V, mu, beta, n_iter, mean=None):
-  """nmf_codes' multiplicative updates transcribed: min D_beta(V | H B^T) + mu |H|_1 from
-  sqrt(mean / d), at the unit scale V / max(V) (mean: of V unless given)."""
-  s = V.max()
+  """nmf_codes' multiplicative updates transcribed for each row alone: min D_beta(v | B h) +
+  mu |h|_1 from sqrt(mean(v) / d), at the row's unit scale v / max(v) (mean: per row of V
+  unless given)."""
+  s = V.max(axis=1, keepdims=True)
   V1, mu1 = V / s, mu / s ** (beta - 1)
-  H = np.full((V.shape[0], B.shape[1]), np.sqrt((V.mean() if mean is None else mean)
-                                                / B.shape[1])) / s
+  mean = V.mean(axis=1, keepdims=True) if mean is None else mean
+  H = np.broadcast_to(np.sqrt(mean / B.shape[1]) / s, (V.shape[0], B.shape[1]))
   gamma = 1 / (2 - beta) if beta < 1 else 1.0
   for _ in range(n_iter):
     safe = np.maximum(H @ B.T, EPS32)
@@ -43,6 +44,12 @@ def _numpy_mu(B, V, mu, beta, n_iter, mean=None):
     if beta < 1:
       H[H < EPS64] = 0
   return H * s
+
+
+def _alone(W_k, X, **options):
+  """nmf_codes of each row of X alone (its own scale, start and stopping test)."""
+  return np.concatenate([np.asarray(conejax.nmf_codes(W_k, X[i:i + 1], **options).H)
+                         for i in range(len(X))])
 
 
 def _numpy_distance(x, wh, beta):
@@ -63,8 +70,8 @@ def test_codes_and_distances_equal_nmf_codes_and_numpy(beta_loss, beta):
   H60 = np.asarray(conejax.codes(cones, X, **fixed))
   D60 = np.asarray(conejax.distance(cones, X, **fixed))
   assert H.shape == (9, K, D) and Dk.shape == (9, K)
-  for k in range(K):  # nmf_codes, one cone at a time, at its defaults (tol stops it)
-    alone = conejax.nmf_codes(W[k], X, mu_h=MU, beta_loss=beta_loss).H
+  for k in range(K):  # nmf_codes, one cone and one sample at a time, at its defaults
+    alone = _alone(W[k], X, mu_h=MU, beta_loss=beta_loss)
     np.testing.assert_allclose(H[:, k], alone, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(Dk[:, k], _numpy_distance(X, np.asarray(alone) @ W[k].T, beta),
                                rtol=1e-8)
@@ -87,8 +94,20 @@ def test_codes_follow_the_cones_loss_in_float32_and_float64(dtype):
     assert H.dtype == dtype and conejax.distance(cones, X).dtype == dtype
     np.testing.assert_array_equal(H, conejax.codes(cones, X, beta_loss=KL, **fixed))
     for k in range(K):
-      alone = conejax.nmf_codes(W[k], X, mu_h=MU, beta_loss=KL, **fixed).H
+      alone = _alone(W[k], X, mu_h=MU, beta_loss=KL, **fixed)
       np.testing.assert_allclose(H[:, k], alone, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("beta_loss", [KL, IS])
+def test_a_sample_is_coded_as_if_alone(beta_loss):
+  """A sample's code and distance do not depend on its batch (own scale, start, stopping)."""
+  cones, W, X = _problem(beta_loss=beta_loss)
+  X = X * np.geomspace(1e-3, 1e3, len(X))[:, None]  # rows of very different scales
+  H, Dk = np.asarray(conejax.codes(cones, X)), np.asarray(conejax.distance(cones, X))
+  for part in (X[:1], X[2:5], X[::2]):
+    rows = [np.flatnonzero((X == row).all(1))[0] for row in part]
+    np.testing.assert_allclose(conejax.codes(cones, part), H[rows], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(conejax.distance(cones, part), Dk[rows], rtol=1e-12)
 
 
 def test_frobenius_is_the_existing_distance_exactly():
@@ -184,7 +203,7 @@ def test_reconstruct_through_a_mask_equals_numpy_on_the_observed_rows():
   out = conejax.reconstruct(cones, V, ops.mask(mask), max_iter=60, tol=0.0)
   seen = mask > 0
   for k in range(K):
-    h = _numpy_mu(W[k][seen], X[:, seen], MU, 1.0, 60, mean=V.mean())
+    h = _numpy_mu(W[k][seen], X[:, seen], MU, 1.0, 60, mean=V.mean(axis=1, keepdims=True))
     np.testing.assert_allclose(out.h[:, k], h, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(out.u[:, k], h @ W[k].T, rtol=1e-8, atol=1e-10)
     misfit = _numpy_distance(X[:, seen], h @ W[k][seen].T, 1.0) ** 2 / 2
@@ -239,9 +258,12 @@ def test_bad_options_raise_named_errors(call, error, match):
 
 
 def test_negative_data_under_jit_is_nan():
+  """Under jit the sign cannot raise: the sample with a negative entry gets NaN distances,
+  the others their own."""
   cones, _, X = _problem()
-  D = jax.jit(conejax.distance)(cones, jnp.asarray(X).at[0, 0].set(-1.0))
-  assert np.all(np.isnan(D))
+  D = np.asarray(jax.jit(conejax.distance)(cones, jnp.asarray(X).at[0, 0].set(-1.0)))
+  assert np.all(np.isnan(D[0]))
+  np.testing.assert_allclose(D[1:], conejax.distance(cones, X[1:]), rtol=1e-12)
 
 
 def test_reconstruct_union_and_posterior_under_kl():
