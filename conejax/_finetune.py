@@ -206,10 +206,17 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
 
   Raises:
     ValueError: on labels without a cone, a bad validation split, non-positive
-      temperature, tau < 0, or bad sizes and options.
+      temperature, tau < 0, bad sizes and options, or cones of a beta-divergence.
   """
   _checks.require_concrete("finetune", "Fine-tune outside jit; write your own jitted step "
                            "from conejax's losses if you need one.", X=X, y=y, W=cones.W)
+  beta = _cone.beta_of(cones, None)
+  if beta != 2:
+    raise ValueError(f"finetune differentiates the Frobenius projection, and these cones "
+                     f"code under beta_loss {beta:g} (their settings' beta_loss), whose "
+                     "multiplicative updates are not differentiable. Fit them with "
+                     "beta_loss='frobenius', or fine-tune conejax.make_cones(cones.W, "
+                     "cones.mu_h, cones.classes) (the same atoms, coded by least squares).")
   _checks.check_choice(objective, "objective", OBJECTIVES)
   steps = _checks.check_positive_int(steps, "steps")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")

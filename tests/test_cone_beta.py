@@ -5,6 +5,7 @@ import io
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import conejax
@@ -279,3 +280,11 @@ def test_reconstruct_union_and_posterior_under_kl():
   p = conejax.predict_proba(cones, V, 0.5, A=A, **fixed)
   np.testing.assert_allclose(post.u, np.einsum("nk,nkm->nm", p, each.u), rtol=1e-10)
   np.testing.assert_array_equal(post.cone, np.argmax(p, -1))
+
+
+def test_finetune_refuses_cones_of_a_beta_divergence():
+  """finetune trains the Frobenius distances; KL cones would be validated and used under KL."""
+  cones, W, X = _problem()
+  with pytest.raises(ValueError, match="finetune differentiates the Frobenius projection"):
+    conejax.finetune(cones, X, np.arange(len(X)) % K, optax.adam(1e-3), steps=1,
+                     key=jax.random.key(0), batch_size=2)
