@@ -296,7 +296,8 @@ def distance_sharded(cones: _cone.Cones, X, mesh: Mesh, **options) -> jax.Array:
     cones: ``Cones`` with W (K, m, d); K is padded to a multiple of the "classes" size.
     X: (N, m) samples as rows.
     mesh: from ``make_mesh``.
-    **options: ``max_iter``, ``tol``, ``batch_size`` as in ``conejax.nnls``.
+    **options: ``max_iter``, ``tol``, ``batch_size`` as in ``conejax.nnls``; ``beta_loss``
+      as in ``conejax.distance`` (None, the default: the cones' own loss).
 
   Returns:
     (N, K) distances D_k(x), sharded over the mesh.
@@ -311,6 +312,9 @@ def distance_sharded(cones: _cone.Cones, X, mesh: Mesh, **options) -> jax.Array:
   W = _pad_rows(cones.W, K + (-K % n_classes), "edge")
   X = shard_samples(_pad_rows(X, n + (-n % n_data), "edge"), mesh)
   specs = ((P("classes"), P(), _ROWS), P("data", "classes"))
+  # The blocks are plain Cones: the loss the cones code under (their own by default) is
+  # passed explicitly, so KL cones are KL cones here too.
+  options["beta_loss"] = _cone.beta_of(cones, options.get("beta_loss"))
   out = _map_blocks(W, cones.mu_h, X, fn=_cone_distances, mesh=mesh, specs=specs,
                     options=tuple(sorted(options.items())))
   return out[:n, :K]

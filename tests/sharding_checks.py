@@ -171,6 +171,17 @@ def predict_check(mesh):
 
 
 CHECKS["distance_2x4"] = lambda: distance_check(MESH_2x4)  # 3 cones padded to 4
+
+
+@check
+def check_distance_kl_cones_2x4():
+  """Cones recording beta_loss code under it in the sharded distance too."""
+  kl = conejax.make_cones(CONES.W, CONES.mu_h, CONES.classes,
+                          dict(beta_loss="kullback-leibler"))
+  error = rel(_sharding.distance_sharded(kl, X, MESH_2x4), conejax.distance(kl, X))
+  gap = rel(conejax.distance(kl, X), conejax.distance(CONES, X))
+  assert error <= RTOL and gap > 100 * RTOL, (error, gap)
+  return f"{error:.1e} (Frobenius differs by {gap:.1e})"
 CHECKS["predict_1x8"] = lambda: predict_check(MESH_8)
 
 

@@ -21,7 +21,7 @@ SCRIPT = pathlib.Path(__file__).with_name("sharding_checks.py")
 CHECKS = ["mesh_and_placement", "errors_on_8_devices", "nmf_mu_1x8", "nmf_hals_2x4",
           "one_all_reduce_per_iteration", "nmf_kl_weights_fixed_1x8",
           "nmf_weighted_hals_fixed_2x4", "nmf_per_class_hals_2x4",
-          "nmf_per_class_kl_weights_2x4", "distance_2x4", "predict_1x8", "reconstruct_best_1x8",
+          "nmf_per_class_kl_weights_2x4", "distance_2x4", "distance_kl_cones_2x4", "predict_1x8", "reconstruct_best_1x8",
           "reconstruct_per_sample_2x4"]
 KEY = jax.random.key(0)
 
