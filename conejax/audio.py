@@ -140,7 +140,7 @@ def si_sdr(reference: ArrayLike, estimate: ArrayLike) -> jax.Array:
 
 
 def separate_audio(cones, x: ArrayLike, *, n_fft: int = 512, hop: int = 128,
-                   beta_loss="frobenius", mu_h=None, **options) -> jax.Array:
+                   beta_loss=None, mu_h=None, **options) -> jax.Array:
   """Splits a mixture signal into one signal per cone, through its magnitude STFT.
 
   Codes |stft(x)| frame by frame on the union of the cones (``conejax.separate`` under
@@ -152,7 +152,7 @@ def separate_audio(cones, x: ArrayLike, *, n_fft: int = 512, hop: int = 128,
       n_fft // 2 + 1.
     x: (T,) mixture signal.
     n_fft, hop: STFT sizes, as in ``stft``.
-    beta_loss, mu_h, options: as in ``conejax.separate``.
+    beta_loss, mu_h, options: as in ``conejax.separate`` (beta_loss None: the cones' own loss).
 
   Returns:
     (K, T) source estimates in the order of the cones.
