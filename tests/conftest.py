@@ -32,17 +32,3 @@ def _release_compiled_programs():
   """
   yield
   jax.clear_caches()
-
-
-# The longest modules first (test time in the clean-clone CI run of 446a22e: 202, 187, 170,
-# 105, 88, 85, 81, 79 and 64 s; the rest under 53 s). pytest-xdist's loadfile hands whole
-# modules to whichever worker is free, in collection order; collected alphabetically, the two
-# longest came last and left one worker idle (878 s wall for 1609 s of test time on two).
-_LONGEST_FIRST = ("test_sklearn.py", "test_solvers.py", "test_notebooks.py", "test_restore.py",
-                  "test_cone.py", "test_nnls.py", "test_inverse.py", "test_differentiation.py",
-                  "test_nmf.py")
-
-
-def pytest_collection_modifyitems(config, items):
-  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: modules whole
