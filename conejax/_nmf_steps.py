@@ -143,7 +143,7 @@ def objective(U, W, H, mu_w=0.0, mu_h=0.0, *, beta_loss="frobenius"):
 
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 EPSILON = float(np.finfo(np.float32).eps)  # the floor of H W^T where beta < 2, as scikit-learn
-_ZERO_BELOW = float(np.finfo(np.float64).eps)  # MU iterates under it are zeroed when beta <= 1
+ZERO_BELOW = float(np.finfo(np.float64).eps)  # MU iterates under it are zeroed when beta <= 1
 
 
 def mm_exponent(beta: float) -> float:
@@ -194,24 +194,35 @@ def mu_beta_codes(U, W, H, WH, mu_h, beta: float, weights=None):
   else:
     denominator = dot(denominator, W)
   H = _mm_step(H, dot(numerator, W), denominator, mu_h, beta)
-  return jnp.where(H < _ZERO_BELOW, 0, H) if beta < 1 else H
+  return jnp.where(H < ZERO_BELOW, 0, H) if beta < 1 else H
+
+
+def mu_atom_statistics(U, H, WH, beta: float, weights=None):
+  """The two sums over rows of the atoms' MM update: the numerator (M U WH^(beta-2))^T H
+  (m, d) and the denominator (M WH^(beta-1))^T H (m, d), or for unweighted KL the column
+  sums of H (d,) (the same for every feature). Streaming NMF accumulates them per chunk."""
+  numerator, denominator = _ratios(U, WH, beta, weights)
+  if denominator is None:
+    return dot(numerator.T, H), jnp.sum(H, axis=0)
+  return dot(numerator.T, H), dot(denominator.T, H)
+
+
+def zero_tiny_atoms(W, beta: float):
+  """With beta <= 1 entries under float64 eps are set to zero, as scikit-learn does."""
+  return jnp.where(W < ZERO_BELOW, 0, W) if beta <= 1 else W
 
 
 def mu_beta_atoms(U, W, H, WH, mu_w, beta: float, weights=None, reduce=lambda x: x):
   """One MM update of the atoms W (m, d) for min D_beta(U | H W^T) + mu_w |W|_1; WH = H W^T.
 
-  Its two sums over rows, (M U WH^(beta-2))^T H and (M WH^(beta-1))^T H, go through
-  ``reduce`` together (an all-reduce when the rows are split over devices). With beta <= 1
-  entries under float64 eps are set to zero afterwards, as scikit-learn does.
+  Its two sums over rows (``mu_atom_statistics``) go through ``reduce`` together (an
+  all-reduce when the rows are split over devices); a zero column sum of H (unweighted KL)
+  is replaced by 1.
   """
-  numerator, denominator = _ratios(U, WH, beta, weights)
-  if denominator is None:  # unweighted KL: column sums of H, a zero sum replaced by 1
-    numerator, total = reduce((dot(numerator.T, H), jnp.sum(H, axis=0)))
-    denominator = jnp.where(total == 0, 1, total)[None]
-  else:
-    numerator, denominator = reduce((dot(numerator.T, H), dot(denominator.T, H)))
-  W = _mm_step(W, numerator, denominator, mu_w, beta)
-  return jnp.where(W < _ZERO_BELOW, 0, W) if beta <= 1 else W
+  numerator, denominator = reduce(mu_atom_statistics(U, H, WH, beta, weights))
+  if denominator.ndim == 1:
+    denominator = jnp.where(denominator == 0, 1, denominator)[None]
+  return zero_tiny_atoms(_mm_step(W, numerator, denominator, mu_w, beta), beta)
 
 
 def multiplicative_codes(forward, adjoint, V, mu, widths, *, beta: float, max_iter: int,
@@ -243,7 +254,7 @@ def multiplicative_codes(forward, adjoint, V, mu, widths, *, beta: float, max_it
     numerator, denominator = _ratios(V, BH, beta, None)
     denominator = column_sums if denominator is None else adjoint(denominator)
     H = _mm_step(H, adjoint(numerator), denominator, mu, beta)
-    return jnp.where(H < _ZERO_BELOW, 0, H) if beta < 1 else H
+    return jnp.where(H < ZERO_BELOW, 0, H) if beta < 1 else H
 
   def objective(H, BH):
     rows = jax.vmap(lambda v, bh: beta_divergence(v, bh, beta))(V, BH)

@@ -46,14 +46,12 @@ from typing import Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from tqdm import tqdm
 
 from conejax import _checks, _nmf, _nmf_checks, _nmf_init, _nmf_steps
 
 _INITS = tuple(_nmf_init.INITS)
-_ZERO_BELOW = float(np.finfo(np.float64).eps)  # as ``mu_beta_atoms`` zeroes tiny atoms
 _dot = _nmf_steps._dot
 
 
@@ -180,16 +178,6 @@ def _weighted_step(state, U, weights, mu_w, mu_h, forget, h_iter, w_iter):
   return W_new, dict(A=A, B=B, B_w=B_w), objective
 
 
-def _mu_stats(U, W, H, beta, weights):
-  """The chunk's MU numerator ((H W^T)^(beta-2) U)^T H (m, d) and denominator
-  ((H W^T)^(beta-1))^T H (m, d), or for unweighted KL the column sums of H (d,), exactly as
-  ``mu_beta_atoms`` forms them (read through its ``reduce`` hook; its update is unused)."""
-  seen = []
-  _nmf_steps.mu_beta_atoms(U, W, H, _dot(H, W.T), 0.0, beta, weights,
-                           lambda stats: seen.append(stats) or stats)
-  return seen[0]
-
-
 def _mu_atoms(W, old, stats, mu, beta, d0):
   """W from the sum of the chunks' surrogates (Lefevre, Bach and Fevotte, 2011):
   A = old A + numerator * W^(1/gamma), C = old C + denominator, W = (A / (C + mu))^gamma;
@@ -200,8 +188,7 @@ def _mu_atoms(W, old, stats, mu, beta, d0):
   C = old[1] + stats[1]
   denominator = (jnp.where(C == 0, 1, C)[None] if C.ndim == 1 else C) + mu
   ratio = A / jnp.where(denominator == 0, _nmf_steps.EPSILON, denominator)
-  new = ratio if gamma == 1 else ratio**gamma
-  new = jnp.where(new < _ZERO_BELOW, 0, new) if beta <= 1 else new
+  new = _nmf_steps.zero_tiny_atoms(ratio if gamma == 1 else ratio**gamma, beta)
   return (jnp.where(jnp.arange(W.shape[1])[None] < d0, W, new) if d0 else new), A, C
 
 
@@ -220,7 +207,8 @@ def _beta_step(state, U, weights, mu_w, mu_h, forget, h_iter, w_iter):
   H = lax.fori_loop(0, h_iter, codes, H)
   objective = _nmf_steps.beta_divergence(U, _dot(H, W.T), beta, weights) + mu_h * jnp.sum(H)
   old = (forget * state.A, forget * state.C)
-  update = lambda W: _mu_atoms(W, old, _mu_stats(U, W, H, beta, weights), mu_w, beta, d0)
+  update = lambda W: _mu_atoms(
+      W, old, _nmf_steps.mu_atom_statistics(U, H, _dot(H, W.T), beta, weights), mu_w, beta, d0)
   W_new, A, C = lax.fori_loop(1, w_iter, lambda _, WAC: update(WAC[0]), update(W))
   return W_new, dict(A=A, B=forget * state.B + _dot(H.T, H), C=C), objective
 
