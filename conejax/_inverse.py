@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks, _cone, _loops, _nmf, _nmf_steps, _nnls, solvers
+from conejax import _checks, _cone, _divergence, _loops, _nmf, _nmf_steps, _nnls, solvers
 from conejax._cone import Cones, check_temperature
 from conejax.operators import _base as operators
 
@@ -214,7 +214,7 @@ def _reconstruct_beta(W, V, A, mu, temperature, widths, *, select, beta, max_ite
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
   AU = jax.vmap(A.mv)(U.reshape(-1, m)).reshape(U.shape[:2] + (V.shape[-1],))
   V = jnp.where(jnp.any(V < 0, axis=1, keepdims=True), jnp.nan, V)  # (unchecked under jit)
-  misfit = _cone.divergences(V[:, None], AU, beta)
+  misfit = _divergence.divergences(V[:, None], AU, beta)
   return _select(U, h, misfit, converged, mu, temperature, loss="l2", select=select)
 
 
@@ -227,8 +227,8 @@ def _check_beta(beta, W, V, A, loss, per_sample_operator, options):
   if per_sample_operator:
     raise ValueError(f"beta_loss {beta:g} takes one operator shared by all samples; "
                      "per_sample_operator=True serves beta_loss='frobenius' only.")
-  max_iter, tol = _cone.multiplicative_options(beta, options, "reconstruct")
-  _cone.check_divergence_data(V, "V", beta)
+  max_iter, tol = _divergence.multiplicative_options(beta, options, "reconstruct")
+  _divergence.check_data(V, "V", beta)
   if all(map(_checks.is_concrete, [W, V, *jax.tree.leaves(A)])):
     B = jax.vmap(operators.apply_to_dictionary, (None, 0))(A, W)
     if bool(jnp.any(B < -1e-6 * jnp.max(jnp.abs(B)))):
