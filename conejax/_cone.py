@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import warnings
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _divergence, _nmf, _nmf_checks, _nnls, _scale
+from conejax import _checks, _divergence, _nmf, _nmf_checks, _nnls, _scale, solvers
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -271,7 +272,9 @@ def _solve_beta(cones: Cones, X, beta, options, where):
   if flat.shape[0] == 0:
     return X, jnp.zeros(batch + (K, d), X.dtype), jnp.zeros(batch + (K,), X.dtype)
   widths = jnp.asarray(cones.ranks, X.dtype)
-  H, D = _divergence.cone_codes(cones.W, flat, cones.mu_h, widths, beta=beta, max_iter=max_iter, tol=tol)
+  H, D, converged = _divergence.cone_codes(cones.W, flat, cones.mu_h, widths, beta=beta,
+                                           max_iter=max_iter, tol=tol)
+  solvers.warn_if_not_converged(types.SimpleNamespace(converged=converged), where, stacklevel=4)
   return X, H.reshape(batch + (K, d)), D.reshape(batch + (K,))
 
 

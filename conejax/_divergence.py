@@ -70,16 +70,17 @@ def distance_of(D):
 def cone_codes(W, X, mu_h, widths, *, beta, max_iter, tol):
   """The codes of X (N, m) on each cone W_k under D_beta (lax.map over the cones), each
   sample on its own (``_nmf_steps.multiplicative_codes``: the updates of ``nmf_codes`` for
-  that sample alone): codes (N, K, d) and distances sqrt(2 D_beta(x | W_k h_k)) (N, K)."""
+  that sample alone): codes (N, K, d), distances sqrt(2 D_beta(x | W_k h_k)) (N, K) and
+  whether each solve stopped by its tolerance (N, K) (tol = 0 asks for every update)."""
 
   def one(args):
     W_k, d_k = args
     forward = lambda H: jnp.dot(H, W_k.T, precision=_HIGHEST)
     adjoint = lambda R: jnp.dot(R, W_k, precision=_HIGHEST)
-    H, _ = _nmf_steps.multiplicative_codes(forward, adjoint, X, mu_h, d_k, beta=beta,
-                                           max_iter=max_iter, tol=tol)
-    return H, divergences(X, forward(H), beta)
+    H, n_iter = _nmf_steps.multiplicative_codes(forward, adjoint, X, mu_h, d_k, beta=beta,
+                                                max_iter=max_iter, tol=tol)
+    return H, divergences(X, forward(H), beta), (n_iter < max_iter) | (tol == 0)
 
   X = jnp.where(jnp.any(X < 0, axis=1, keepdims=True), jnp.nan, X)  # (unchecked under jit)
-  H, D = lax.map(one, (W, widths))
-  return jnp.moveaxis(H, 0, 1), distance_of(D.T)
+  H, D, converged = lax.map(one, (W, widths))
+  return jnp.moveaxis(H, 0, 1), distance_of(D.T), converged.T

@@ -288,3 +288,10 @@ def test_finetune_refuses_cones_of_a_beta_divergence():
   with pytest.raises(ValueError, match="finetune differentiates the Frobenius projection"):
     conejax.finetune(cones, X, np.arange(len(X)) % K, optax.adam(1e-3), steps=1,
                      key=jax.random.key(0), batch_size=2)
+
+
+def test_codes_that_stop_at_max_iter_warn():
+  """Never silent: stopping at max_iter above the tolerance is a ConvergenceWarning."""
+  cones, _, X = _problem()
+  with pytest.warns(conejax.ConvergenceWarning, match="distance: 27 of 27"):
+    conejax.distance(cones, X, max_iter=1, tol=1e-12)
