@@ -131,7 +131,7 @@ class ActiveSet(_protocol.AbstractSolver):
 
       def body(carry):
         it, st = carry
-        new = self.step(wide_problem, wide_aux, st)
+        new = self._step(wide_problem, wide_aux, st, one_size=True)
         return it + 1, _protocol.tree_select(st.error > 0, new, st)
 
       final = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), start))[1]
@@ -141,10 +141,11 @@ class ActiveSet(_protocol.AbstractSolver):
     # XLA:CPU under vmap (jax 0.10.2); the loop above runs zero times when not needed.
     return jnp.maximum(jnp.where(aux.ill_conditioned, refine(x), x), 0)
 
-  def _partition(self, problem, aux, passive, rows, x):
+  def _partition(self, problem, aux, passive, rows, x, one_size):
     """x and the gradient for the partition ``passive``, re-solved on ``rows`` only."""
     q = problem.C - problem.mu
-    x = _linalg.solve_on_support(problem.G, q, passive, aux.ridge, rows=rows, out=x)
+    x = _linalg.solve_on_support(problem.G, q, passive, aux.ridge, rows=rows, out=x,
+                                 one_size=one_size)
     grad = jnp.matmul(x, problem.G, precision=HIGHEST) - q
     return x, grad
 
@@ -172,6 +173,11 @@ class ActiveSet(_protocol.AbstractSolver):
 
   def step(self, problem: QuadraticProblem, aux: ActiveSetAux,
            state: ActiveSetState) -> ActiveSetState:
+    return self._step(problem, aux, state, one_size=False)
+
+  def _step(self, problem, aux, state, *, one_size):
+    """``step``; ``one_size``: every system at full size (``solve_on_support``), for the
+    float64 refinement, which is rare and would otherwise double the compiled program."""
     d = state.h.shape[-1]
     fresh = state.best > d + 1           # the starting partition, not yet solved
     infeasible = self._infeasible(problem, aux, state.h, state.grad, state.passive)
@@ -188,6 +194,6 @@ class ActiveSet(_protocol.AbstractSolver):
     flip = jnp.where(full[:, None], infeasible, single)
     passive = state.passive ^ flip
     # Only unfinished samples are solved (the others are discarded by the driver anyway).
-    x, grad = self._partition(problem, aux, passive, state.error > 0, state.h)
+    x, grad = self._partition(problem, aux, passive, state.error > 0, state.h, one_size)
     error = jnp.sum(self._infeasible(problem, aux, x, grad, passive), axis=-1)
     return ActiveSetState(x, grad, passive, best, backup, error.astype(x.dtype))

@@ -177,12 +177,14 @@ OVERFLOW_BLOCK = 64
 
 def solve_on_support(G: jax.Array, Q: jax.Array, support: jax.Array,
                      ridge: jax.Array | None = None, rows: jax.Array | None = None,
-                     out: jax.Array | None = None) -> jax.Array:
+                     out: jax.Array | None = None, one_size: bool = False) -> jax.Array:
   """x (n, d) with G_SS x_S = q_S on each row's support S and x = 0 off it.
 
   The rows are sorted into the buckets of ``plan(d)`` by the size of their support and
   compacted into blocks of each bucket, so the work is that of the rows asked for, each at
-  the size of its own support.
+  the size of its own support. ``one_size=True`` solves every row at size d by the looped
+  Cholesky instead: slower, but a program a fraction of the size, for rarely taken paths
+  (the active set's float64 refinement).
 
   Args:
     G: (d, d) symmetric positive semi-definite matrix.
@@ -191,6 +193,7 @@ def solve_on_support(G: jax.Array, Q: jax.Array, support: jax.Array,
     ridge: pivots at or below it are replaced by it; None is ``default_ridge(G)``.
     rows: optional (n,) bool, the rows to solve (all by default); the others are ``out``.
     out: (n, d) values of the rows not solved (zeros by default).
+    one_size: one bucket, at size d (see above).
   """
   n, d = Q.shape
   ridge = default_ridge(G) if ridge is None else ridge
@@ -202,7 +205,7 @@ def solve_on_support(G: jax.Array, Q: jax.Array, support: jax.Array,
   lower = -1
   # No lax.cond around the buckets (a loop over no rows runs zero times): under vmap,
   # XLA:CPU deadlocked on a cond holding such loops and LAPACK calls (jax 0.10.2).
-  for P, looped, block in plan(d):
+  for P, looped, block in ((d, True, OVERFLOW_BLOCK),) if one_size else plan(d):
     x = _solve_bucket(G, Q, support, ridge, x, todo & (count > lower) & (count <= P), P,
                       looped, block)
     lower = P
