@@ -123,6 +123,21 @@ def test_per_class_equals_one_class_at_a_time(method, init, loss):
     np.testing.assert_allclose(batched.objective[k], alone.objective, rtol=1e-9)
 
 
+def test_per_class_exact_codes_only_change_h():
+  # With unit atoms, H becomes the exact codes on the final atoms (the projection's codes);
+  # exact_codes=False (fit_cones needs only W) skips that solve and leaves W as it is.
+  X = _random_data(10, n=60)
+  y = np.arange(60) % 3
+  options = dict(key=KEY, mu_h=0.1, max_iter=10, unit_atoms=True)
+  exact = conejax.nmf_per_class(X, y, 3, **options)
+  last = conejax.nmf_per_class(X, y, 3, exact_codes=False, **options)
+  np.testing.assert_array_equal(last.W, exact.W)
+  for k, label in enumerate(exact.classes):
+    codes = conejax.codes(conejax.make_cones(exact.W[k], 0.1), X[y == label])[:, 0]
+    np.testing.assert_allclose(exact.H[y == label], codes, atol=1e-9)
+  assert np.all(np.asarray(last.H) >= 0) and np.max(np.abs(last.H - exact.H)) > 1e-6
+
+
 def test_per_class_vmapped_equals_sequential():
   X = _random_data(10, n=60)
   y = np.arange(60) % 3
