@@ -8,8 +8,8 @@ from conejax import data as data
 from conejax import operators as operators
 from conejax import audio as audio
 from conejax import solvers as solvers
+from conejax._calibrate import calibrate as calibrate
 from conejax._cone import Cones as Cones
-from conejax._cone import calibrate as calibrate
 from conejax._cone import codes as codes
 from conejax._cone import distance as distance
 from conejax._cone import fit_cones as fit_cones

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -223,15 +222,26 @@ def _check_samples(cones: Cones, X):
   return X.astype(cones.W.dtype)
 
 
+def _check_entries(cones: Cones, X, weights, missing, beta, name="X"):
+  """X as ``_check_samples`` checks it, with its entry weights checked as ``conejax.nmf``
+  checks them (missing entries of X at 0): X and the weights (None: every entry observed)."""
+  if weights is None and missing is None:
+    return _check_samples(cones, X), None
+  X, _, weights = _nmf_checks.check_loss(_checks.as_float_array(X, name), beta, weights,
+                                         missing, name=name)
+  X = _check_samples(cones, X)
+  return X, weights.astype(X.dtype)
+
+
 def _safe_norm(x, axis=-1):
   """Euclidean norm, scale-safe; NaN stays NaN and the gradient at zero is zero."""
   return _scale.norm(x, axis)
 
 
-def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
+def _solve(cones: Cones, X, where, weights=None, *, solver="auto", max_iter=None, tol=None,
            differentiation="implicit", penalty="absolute", batch_size=2048):
-  """The NNLS of every sample on every cone, scale-safe: X and (N.., K, d) results."""
-  X = _check_samples(cones, X)
+  """The NNLS of every (checked) sample on every cone, scale-safe: (N.., K, d) results;
+  with entry weights (N.., m), each through diag(sqrt(weights))."""
   solver, batch_size = _nnls.check_options(solver, max_iter=max_iter, tol=tol,
                                            batch_size=batch_size,
                                            differentiation=differentiation, penalty=penalty,
@@ -241,16 +251,16 @@ def _solve(cones: Cones, X, where, *, solver="auto", max_iter=None, tol=None,
   flat = X.reshape(-1, m)
   if flat.shape[0] == 0:
     empty = lambda dtype, *shape: jnp.zeros(batch + (K,) + shape, dtype)
-    return X, _nnls.NNLSResult(empty(X.dtype, d), empty(jnp.int32), empty(X.dtype),
-                               empty(bool))
+    return _nnls.NNLSResult(empty(X.dtype, d), empty(jnp.int32), empty(X.dtype), empty(bool))
   # Scale-safe (each sample and each cone solved at unit scale) and NaN-propagating.
   out = _nnls.solve_dictionary(cones.W, flat, cones.mu_h, jnp.zeros((flat.shape[0], K, d),
                                                                     flat.dtype),
+                               None if weights is None else weights.reshape(-1, m),
                                solver=solver, batch_size=batch_size,
                                differentiation=differentiation, penalty=penalty)
   out = _nnls.NNLSResult(*(x.reshape(batch + x.shape[1:]) for x in out))
   _nnls.report(out, where, cones.mu_h if penalty == "absolute" else None, stacklevel=4)
-  return X, out
+  return out
 
 
 def beta_of(cones, beta_loss) -> float:
@@ -262,23 +272,25 @@ def beta_of(cones, beta_loss) -> float:
   return _nmf_checks.beta_float(beta_loss)
 
 
-def _solve_beta(cones: Cones, X, beta, options, where):
-  """Codes (..., K, d) and distances (..., K) of X under D_beta: X and both."""
+def _solve_beta(cones: Cones, X, beta, options, where, weights=None):
+  """Codes (..., K, d) and distances (..., K) of (checked) X under D_beta, weighted by the
+  entry weights (..., m) if any."""
   max_iter, tol = _divergence.multiplicative_options(beta, options, where)
-  X = _check_samples(cones, X)
-  _divergence.check_data(X, "X", beta)
+  _divergence.check_data(X, "X", beta, weighted=weights is not None)
   batch, (K, m, d) = X.shape[:-1], cones.W.shape
   flat = X.reshape(-1, m)
   if flat.shape[0] == 0:
-    return X, jnp.zeros(batch + (K, d), X.dtype), jnp.zeros(batch + (K,), X.dtype)
+    return jnp.zeros(batch + (K, d), X.dtype), jnp.zeros(batch + (K,), X.dtype)
   widths = jnp.asarray(cones.ranks, X.dtype)
-  H, D, converged = _divergence.cone_codes(cones.W, flat, cones.mu_h, widths, beta=beta,
+  H, D, converged = _divergence.cone_codes(cones.W, flat, cones.mu_h, widths, None if weights
+                                           is None else weights.reshape(-1, m), beta=beta,
                                            max_iter=max_iter, tol=tol)
   solvers.warn_if_not_converged(types.SimpleNamespace(converged=converged), where, stacklevel=4)
-  return X, H.reshape(batch + (K, d)), D.reshape(batch + (K,))
+  return H.reshape(batch + (K, d)), D.reshape(batch + (K,))
 
 
-def codes(cones: Cones, X, *, beta_loss=None, **options) -> jax.Array:
+def codes(cones: Cones, X, *, beta_loss=None, weights=None, missing: str | None = None,
+          **options) -> jax.Array:
   """Sparse codes of every sample on every cone: (..., K, d).
 
   Options (keyword-only, shared by ``project``, ``distance``, ``log_likelihood``,
@@ -297,25 +309,53 @@ def codes(cones: Cones, X, *, beta_loss=None, **options) -> jax.Array:
   sqrt(mean(X) / d_k) and stopped by the relative decrease of its objective over the batch,
   as ``nmf_codes``); only ``max_iter`` (default 200) and ``tol`` (1e-5) apply, X must be
   non-negative (positive for beta <= 0), and it is not reverse-differentiable.
+
+  Missing values (``weights`` and ``missing``, shared by all of them, as in ``conejax.nmf``):
+  weights (..., m) of the entries of X in [0, 1] (0 = missing), and/or ``missing="nan"``
+  (NaN entries get weight 0). A sample is coded on its observed entries, h_k =
+  argmin_{h >= 0} 0.5 sum_j M_j (x - W_k h)_j^2 + mu_h sum(h): the NNLS through
+  diag(sqrt(M)), on its own Gram W_k^T diag(M) W_k (exact; m d^2 work per sample and cone),
+  or under a beta-divergence sum_j M_j d_beta(x_j | (W_k h)_j) + mu_h sum(h) (M inside the
+  updates). All-ones weights give the unweighted codes, and ``project`` fills the missing
+  entries in. Outside jit bad weights (not X's shape, outside [0, 1], NaN) and NaN in X
+  without ``missing="nan"`` raise ValueErrors; under jit they make the results NaN.
   """
   beta = beta_of(cones, beta_loss)
+  X, weights = _check_entries(cones, X, weights, missing, beta)
   if beta != 2:
-    return _solve_beta(cones, X, beta, options, "codes")[1]
-  return _solve(cones, X, "codes", **options)[1].h
+    return _solve_beta(cones, X, beta, options, "codes", weights)[0]
+  return _solve(cones, X, "codes", weights, **options).h
 
 
-def project(cones: Cones, X, *, beta_loss=None, **options) -> jax.Array:
-  """Projections W_k h_k(x) of every sample on every cone: (..., K, m)."""
-  H = codes(cones, X, beta_loss=beta_loss, **options)
+def project(cones: Cones, X, *, beta_loss=None, weights=None, missing: str | None = None,
+            **options) -> jax.Array:
+  """Projections W_k h_k(x) of every sample on every cone: (..., K, m); with ``weights`` or
+  ``missing`` (see ``codes``) the codes of the observed entries, so the missing ones are
+  imputed."""
+  H = codes(cones, X, beta_loss=beta_loss, weights=weights, missing=missing, **options)
   return jnp.einsum("...kd,kmd->...km", H, cones.W, precision=_HIGHEST)
 
 
+def sqrt_weights(weights):
+  """sqrt(M) for entry weights M (zero gradient at 0; NaN stays NaN), or None for None."""
+  if weights is None:
+    return None
+  positive = weights > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, weights, 1)), weights)
+
+
+def _weighted_norm(R, weights):
+  """||sqrt(M) r|| over the last axis (M the weights, broadcast to R; None: ||r||)."""
+  return _safe_norm(R if weights is None else sqrt_weights(weights) * R)
+
+
 @jax.jit
-def _residual_norms(W, X, H):
-  """||x - W_k h_k|| for (K, m, d) W, (B, m) X, (B, K, d) H, one cone at a time: (B, K)."""
+def _residual_norms(W, X, H, weights=None):
+  """||x - W_k h_k|| for (K, m, d) W, (B, m) X, (B, K, d) H, one cone at a time: (B, K);
+  with (B, m) entry weights M, the misfit on the observed entries ||sqrt(M) (x - W_k h_k)||."""
   def one_cone(args):
     W_k, H_k = args
-    return _safe_norm(X - jnp.dot(H_k, W_k.T, precision=_HIGHEST))
+    return _weighted_norm(X - jnp.dot(H_k, W_k.T, precision=_HIGHEST), weights)
   return lax.map(one_cone, (W, jnp.moveaxis(H, -2, 0))).T
 
 
@@ -323,9 +363,11 @@ _RECONSTRUCT_OPTIONS = ("solver", "max_iter", "tol", "batch_size", "differentiat
                         "chunk_size")
 
 
-def _operator_distance(cones: Cones, V, A, per_sample_operator, options, beta):
+def _operator_distance(cones: Cones, V, A, per_sample_operator, options, beta, weights,
+                       missing):
   """||v - A W_k h_k|| with h_k the code of v on cone(A W_k), by ``reconstruct``: (..., K);
-  sqrt(2 D_beta(v | A W_k h_k)) under a beta-divergence."""
+  sqrt(2 D_beta(v | A W_k h_k)) under a beta-divergence; with entry weights of v, both
+  on its observed entries."""
   from conejax import _inverse  # _inverse builds on Cones: imported here, not at the top
 
   penalty = options.pop("penalty", "absolute")
@@ -337,6 +379,8 @@ def _operator_distance(cones: Cones, V, A, per_sample_operator, options, beta):
     raise TypeError(f"distance got unexpected options {unknown}; with an operator A the "
                     f"options are {_RECONSTRUCT_OPTIONS}.")
   V = _checks.as_float_array(V, "X").astype(cones.W.dtype)
+  if weights is not None or missing is not None:
+    V, _, weights = _nmf_checks.check_loss(V, beta, weights, missing, name="X")
   if per_sample_operator:
     if V.ndim not in (1, 2):
       raise ValueError(f"X must have shape (N, k) or (k,) with one operator per sample; got "
@@ -348,26 +392,29 @@ def _operator_distance(cones: Cones, V, A, per_sample_operator, options, beta):
     flat = V.reshape(-1, V.shape[-1])
   if flat.ndim == 2 and flat.shape[0] == 0:
     return jnp.zeros(V.shape[:-1] + (cones.n_classes,), V.dtype)
-  out = _inverse.reconstruct(cones, flat, A, select="each",
+  weights = None if weights is None else weights.reshape(flat.shape)
+  out = _inverse.reconstruct(cones, flat, A, select="each", weights=weights,
                              per_sample_operator=per_sample_operator, beta_loss=beta, **options)
   if beta != 2:
     return _divergence.distance_of(out.misfit).reshape(V.shape[:-1] + (cones.n_classes,))
-  D = _observed_residual_norms(A, out.u, flat, per_sample=per_sample_operator and flat.ndim == 2)
+  D = _observed_residual_norms(A, out.u, flat, weights,
+                               per_sample=per_sample_operator and flat.ndim == 2)
   return D.reshape(V.shape[:-1] + (cones.n_classes,))
 
 
 @functools.partial(jax.jit, static_argnames="per_sample")
-def _observed_residual_norms(A, U, V, *, per_sample):
-  """||v - A u_k|| for estimates U (..., K, m) of observations V (..., k): (..., K)."""
+def _observed_residual_norms(A, U, V, weights=None, *, per_sample):
+  """||v - A u_k|| for estimates U (..., K, m) of observations V (..., k): (..., K); with
+  entry weights M of V, ||sqrt(M) (v - A u_k)||."""
   if per_sample:
     AU = jax.vmap(lambda A_i, U_i: jax.vmap(A_i.mv)(U_i))(A, U)
   else:
     AU = jax.vmap(A.mv)(U.reshape(-1, U.shape[-1])).reshape(U.shape[:-1] + (V.shape[-1],))
-  return _safe_norm(AU - V[..., None, :])
+  return _weighted_norm(AU - V[..., None, :], None if weights is None else weights[..., None, :])
 
 
 def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False, beta_loss=None,
-             **options) -> jax.Array:
+             weights=None, missing: str | None = None, **options) -> jax.Array:
   """Distances D_k(x) = ||x - P_k(x)|| of every sample to every cone: (..., K).
 
   With an operator ``A`` (``conejax.operators``, from the cones' signals (m,) to
@@ -385,19 +432,29 @@ def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False, beta
   beta = 2 exactly ||x - W_k h_k||), so exp(-D_k^2) = exp(-2 D_beta) stays the likelihood;
   with an operator, sqrt(2 D_beta(v | A W_k h_k)) with the codes of ``reconstruct``.
 
+  With ``weights`` M (or ``missing="nan"``, see ``codes``) the distance of a partially
+  observed sample is its misfit on the observed entries, D_k(x) = ||sqrt(M) (x - W_k h_k)||
+  with the weighted code h_k of ``codes`` (sqrt(2 sum_j M_j d_beta) under a beta-divergence;
+  with an operator, M weighs the observations v: ||sqrt(M) (v - A W_k h_k)||). Samples with
+  fewer observed entries have smaller distances, so compare cones for one sample (as
+  ``predict`` does), not samples with different masks.
+
   Args:
     cones: ``Cones`` (K, m, d).
     X: (..., m) samples, or (..., k) observations when A is given.
     A: None (the samples themselves) or an operator from (m,) to (k,).
     per_sample_operator: whether A holds one operator per sample.
     beta_loss: None (the cones' own loss) or a loss as in ``conejax.nmf``.
+    weights: None, or entry weights in [0, 1] of X's shape (0 = missing; see ``codes``).
+    missing: None, or "nan": NaN entries of X are missing (weight 0).
     **options: as in ``codes``; with A, ``solver``, ``max_iter``, ``tol``, ``batch_size``,
       ``differentiation`` and ``chunk_size`` as in ``reconstruct`` (``penalty`` must be
       "absolute").
 
   Raises:
     ValueError: on shape mismatch (X against A's output, A's input against the atoms),
-      non-finite data or an option that does not apply.
+      non-finite data (NaN is allowed with ``missing="nan"``), weights not of X's shape or
+      outside [0, 1], or an option that does not apply.
 
   Example:
     >>> import jax.numpy as jnp, conejax
@@ -409,14 +466,16 @@ def distance(cones: Cones, X, *, A=None, per_sample_operator: bool = False, beta
   """
   beta = beta_of(cones, beta_loss)
   if A is not None:
-    return _operator_distance(cones, X, A, bool(per_sample_operator), dict(options), beta)
+    return _operator_distance(cones, X, A, bool(per_sample_operator), dict(options), beta,
+                              weights, missing)
   if per_sample_operator:
     raise ValueError("per_sample_operator=True needs an operator A (one per sample).")
+  X, weights = _check_entries(cones, X, weights, missing, beta)
   if beta != 2:
-    return _solve_beta(cones, X, beta, options, "distance")[2]
-  X, out = _solve(cones, X, "distance", **options)
-  H, batch = out.h, X.shape[:-1]
-  flat = _residual_norms(cones.W, X.reshape(-1, X.shape[-1]), H.reshape(-1, *H.shape[-2:]))
+    return _solve_beta(cones, X, beta, options, "distance", weights)[1]
+  H, (batch, m) = _solve(cones, X, "distance", weights, **options).h, (X.shape[:-1], X.shape[-1])
+  flat = _residual_norms(cones.W, X.reshape(-1, m), H.reshape(-1, *H.shape[-2:]),
+                         None if weights is None else weights.reshape(-1, m))
   return flat.reshape(batch + (cones.n_classes,))
 
 
@@ -451,112 +510,6 @@ def predict_proba(cones: Cones, X, temperature=1.0, **options) -> jax.Array:
   nearest = jnp.min(D, axis=-1, keepdims=True)
   logits = -((D - nearest) * (D + nearest)) / temperature
   return jax.nn.softmax(logits, axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames="n_steps")
-def _fit_temperature(D, labels, *, n_steps: int = 100):
-  """The T > 0 minimising the mean of -log softmax(-D^2 / T)[label] over the rows of D.
-
-  With beta = 1 / T the objective f(beta) = mean_i beta g_iy + logsumexp_k(-beta g_ik)
-  (g = D^2 - min D^2, from differences as in ``predict_proba``) is convex in beta, so its
-  derivative mean_i g_iy - E_p[g_i] is increasing in log beta: bisection on its sign over
-  log beta in log(1 / median gap) -+ 30, ``n_steps`` halvings. Returns T and whether the
-  minimiser lies inside the bracket at each end (lower, upper).
-  """
-  nearest = jnp.min(D, axis=-1, keepdims=True)
-  gaps = (D - nearest) * (D + nearest)
-  own = jnp.take_along_axis(gaps, labels[:, None], axis=-1)[:, 0]
-  positive = jnp.where(gaps > 0, gaps, jnp.nan)
-  scale = jnp.nanmedian(positive)
-  scale = jnp.where(jnp.isfinite(scale), scale, 1.0)
-
-  log_gaps = jnp.log(jnp.where(gaps > 0, gaps, 1))
-
-  def slope(log_beta):
-    # beta * gaps as exp(log beta + log gaps): no inf * 0 where beta leaves the float range
-    p = jax.nn.softmax(jnp.where(gaps > 0, -jnp.exp(log_beta + log_gaps), 0), axis=-1)
-    return jnp.mean(own - jnp.sum(p * gaps, axis=-1))
-
-  low, high = -jnp.log(scale) - 30.0, -jnp.log(scale) + 30.0
-
-  def halve(_, bounds):
-    low, high = bounds
-    middle = 0.5 * (low + high)
-    rising = slope(middle) > 0
-    return jnp.where(rising, low, middle), jnp.where(rising, middle, high)
-
-  inside = (slope(low) < 0, slope(high) > 0)
-  low, high = lax.fori_loop(0, n_steps, halve, (low, high))
-  T = jnp.exp(-0.5 * (low + high))
-  return jnp.where(jnp.any(jnp.isnan(D)), jnp.nan, T).astype(D.dtype), inside
-
-
-def _class_indices(cones: Cones, y, n: int) -> np.ndarray:
-  """The index into ``cones.classes`` of each of the n labels y; every label needs a cone."""
-  y = _checks.check_labels(y, "y", "give each sample one of the cones' classes")
-  if y.shape != (n,):
-    raise ValueError(f"y must hold one label per sample, shape ({n},); got {y.shape}.")
-  lookup = {label: k for k, label in enumerate(cones.classes)}
-  missing = sorted(set(y.tolist()) - set(lookup), key=str)
-  if missing:
-    raise ValueError(f"labels {missing[:5]} have no cone; the cones' classes are "
-                     f"{list(cones.classes)}.")
-  return np.vectorize(lookup.__getitem__, otypes=[np.int32])(y)
-
-
-def calibrate(cones: Cones, X_val, y_val, **options) -> jax.Array:
-  """The temperature of ``predict_proba`` fitted by log-likelihood on a validation split.
-
-  Temperature scaling: T* = argmin_T -mean_i log softmax(-D(x_i)^2 / T)[y_i], a 1-D convex
-  problem in 1 / T solved by bisection on the sign of its derivative in log T to machine
-  precision. The scale of D^2 depends on the data (on raw 0..16 digits every top
-  probability is 1.000 for any T from 0.1 to 10), so fit T on data the cones were not
-  trained on and pass it on: ``predict_proba(cones, X, temperature=T)``. The cones are not
-  changed (a temperature is one number that goes with the data's scale, and the cones'
-  distances stay the same), as with the temperature scaling of a network's logits.
-
-  Args:
-    cones: ``Cones`` (K, m, d).
-    X_val: (N, m) validation samples, or (N, k) observations with an operator ``A``.
-    y_val: (N,) labels, each one of ``cones.classes``.
-    **options: as in ``distance``, including ``A`` and ``per_sample_operator``.
-
-  Returns:
-    () temperature > 0, in the cones' dtype.
-
-  Raises:
-    ValueError: on labels without a cone or of the wrong length, and as ``distance``.
-
-  Warns:
-    UserWarning: when the likelihood has no minimiser in (0, inf): every validation sample
-      is nearest its own cone (T -> 0; the bracket's edge is returned), or the distances
-      carry no information about the labels (T -> inf).
-
-  Example:
-    >>> import jax.numpy as jnp, conejax
-    >>> cones = conejax.make_cones(jnp.eye(2)[:, :, None])   # two rays, e_0 and e_1
-    >>> X = jnp.array([[1.0, 0.2], [0.3, 1.0], [0.6, 0.5]])
-    >>> T = conejax.calibrate(cones, X, [0, 1, 1])
-    >>> bool(T > 0)
-    True
-  """
-  _checks.require_concrete("calibrate", "Calibrate outside jit; the temperature it returns "
-                           "then works under jit.", X=X_val, W=cones.W)
-  D = distance(cones, X_val, **options)
-  if D.ndim != 2:
-    raise ValueError(f"X_val must hold one sample per row, (N, m); got distances of shape "
-                     f"{tuple(D.shape)}.")
-  labels = jnp.asarray(_class_indices(cones, y_val, D.shape[0]))
-  T, (below, above) = _fit_temperature(D, labels)
-  if not bool(below):
-    warnings.warn("calibrate: the distances carry no information about the validation labels "
-                  "(the likelihood falls as T grows); returned the largest temperature tried.",
-                  UserWarning, stacklevel=2)
-  elif not bool(above):
-    warnings.warn("calibrate: every validation sample is nearest its own cone, so the "
-                  "likelihood rises as T -> 0; returned the smallest temperature tried. Use a "
-                  "larger or harder validation split.", UserWarning, stacklevel=2)
-  return T
 
 
 _NOT_UNDER_JIT = ("Under jit, use jnp.argmin(conejax.distance(cones, X), axis=-1), the index "

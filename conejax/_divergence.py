@@ -43,21 +43,23 @@ def multiplicative_options(beta, options, where: str):
   return max_iter, 1e-5 if tol is None else float(_checks.check_tol(tol))
 
 
-def check_data(X, name: str, beta: float) -> None:
-  """Data D_beta can measure: non-negative, and non-zero where beta <= 0 (concrete only)."""
+def check_data(X, name: str, beta: float, weighted: bool = False) -> None:
+  """Data D_beta can measure: non-negative, and non-zero where beta <= 0 (concrete only;
+  ``weighted``: the zeros of non-zero weight were checked with the weights)."""
   _checks.check_nonnegative(X, name)
-  if beta <= 0 and _checks.is_concrete(X) and np.any(np.asarray(X) == 0):
+  if beta <= 0 and not weighted and _checks.is_concrete(X) and np.any(np.asarray(X) == 0):
     raise ValueError(f"beta_loss {beta:g} (beta <= 0) is infinite where {name} is 0: {name} has "
                      f"{int(np.sum(np.asarray(X) == 0))} zero entries. Add a small floor (e.g. "
                      f"{name} + 1e-9 * {name}.max()).")
 
 
-def divergences(X, WH, beta: float):
-  """D_beta(x | wh) summed over the last axis, as ``nmf_objective`` sums it: X broadcast to
-  WH (..., m), returns (...)."""
+def divergences(X, WH, beta: float, weights=None):
+  """D_beta(x | wh) summed over the last axis, as ``nmf_objective`` sums it: X (and the
+  entry weights, None for all ones) broadcast to WH (..., m), returns (...)."""
   X = jnp.broadcast_to(X, WH.shape).reshape(-1, WH.shape[-1])
-  one = lambda x, wh: _nmf_steps.beta_divergence(x, wh, beta)
-  return jax.vmap(one)(X, WH.reshape(X.shape)).reshape(WH.shape[:-1])
+  M = None if weights is None else jnp.broadcast_to(weights, WH.shape).reshape(X.shape)
+  one = lambda x, wh, w: _nmf_steps.beta_divergence(x, wh, beta, w)
+  return jax.vmap(one)(X, WH.reshape(X.shape), M).reshape(WH.shape[:-1])
 
 
 def distance_of(D):
@@ -67,19 +69,20 @@ def distance_of(D):
 
 
 @functools.partial(jax.jit, static_argnames=("beta", "max_iter", "tol"))
-def cone_codes(W, X, mu_h, widths, *, beta, max_iter, tol):
+def cone_codes(W, X, mu_h, widths, weights=None, *, beta, max_iter, tol):
   """The codes of X (N, m) on each cone W_k under D_beta (lax.map over the cones), each
   sample on its own (``_nmf_steps.multiplicative_codes``: the updates of ``nmf_codes`` for
   that sample alone): codes (N, K, d), distances sqrt(2 D_beta(x | W_k h_k)) (N, K) and
-  whether each solve stopped by its tolerance (N, K) (tol = 0 asks for every update)."""
+  whether each solve stopped by its tolerance (N, K) (tol = 0 asks for every update).
+  With entry weights (N, m) in [0, 1], the weighted divergence sum M d_beta throughout."""
 
   def one(args):
     W_k, d_k = args
     forward = lambda H: jnp.dot(H, W_k.T, precision=_HIGHEST)
     adjoint = lambda R: jnp.dot(R, W_k, precision=_HIGHEST)
     H, n_iter = _nmf_steps.multiplicative_codes(forward, adjoint, X, mu_h, d_k, beta=beta,
-                                                max_iter=max_iter, tol=tol)
-    return H, divergences(X, forward(H), beta), (n_iter < max_iter) | (tol == 0)
+                                                max_iter=max_iter, tol=tol, weights=weights)
+    return H, divergences(X, forward(H), beta, weights), (n_iter < max_iter) | (tol == 0)
 
   X = jnp.where(jnp.any(X < 0, axis=1, keepdims=True), jnp.nan, X)  # (unchecked under jit)
   H, D, converged = lax.map(one, (W, widths))

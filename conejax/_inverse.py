@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from conejax import _checks, _cone, _divergence, _loops, _nmf, _nmf_steps, _nnls, solvers
+from conejax import (_checks, _cone, _divergence, _loops, _nmf, _nmf_checks, _nmf_steps, _nnls,
+                     solvers)
 from conejax._cone import Cones, check_temperature
 from conejax.operators import _base as operators
 
@@ -66,14 +67,26 @@ def _as_stack(dictionary, mu_h):
   return (W[None] if W.ndim == 2 else W), 0.0 if mu_h is None else mu_h, W.ndim == 2
 
 
-def _misfit(residual, loss):
-  if loss == "l1":
-    return jnp.sum(jnp.abs(residual), axis=-1)
-  return 0.5 * jnp.sum(residual**2, axis=-1)
+def _misfit(residual, loss, weights=None):
+  """sum_j M_j |r_j| (l1) or 0.5 sum_j M_j r_j^2 (l2) over the last axis (M = 1 for None)."""
+  fit = jnp.abs(residual) if loss == "l1" else 0.5 * residual**2
+  return jnp.sum(fit if weights is None else weights * fit, axis=-1)
 
 
-def _solve_shared(B, V, mu, loss, options):
-  """Codes V (n, k) on one (k, d) dictionary B shared by every sample: ``NNLSResult``."""
+def _solve_shared(B, V, mu, loss, options, weights=None):
+  """Codes V (n, k) on one (k, d) dictionary B shared by every sample: ``NNLSResult``.
+
+  With entry weights M (n, k): l2 by the weighted Gram form of ``_nnls.solve_dictionary``
+  (exact, one Gram B^T diag(m) B per sample); l1 on each sample's own diag(m) B and m v
+  (sum_j m_j |(B h - v)_j| = ||diag(m) (B h - v)||_1), ``options``' batch_size at a time."""
+  if weights is not None and loss == "l1":
+    one = dict(options, batch_size=1)
+    single = lambda v, m: _solve_shared(m[:, None] * B, (m * v)[None], mu, loss, one)
+    out = _loops.in_chunks(lambda a: jax.vmap(single)(*a), (V, weights), options["batch_size"])
+    return jax.tree.map(lambda x: x[:, 0], out)
+  if weights is not None:
+    return _nnls.solve_dictionary(B, V, mu, jnp.zeros(V.shape[:1] + B.shape[1:], V.dtype),
+                                  weights, **options)
   if loss == "l1":
     out = solvers.solve(options["solver"], solvers.L1Problem(B, V, mu),
                         batch_size=options["batch_size"])
@@ -98,29 +111,35 @@ def _lipschitz_estimate(gram, shape, dtype, n_iter=30, safety=1.1):
   return safety * jnp.maximum(top, jnp.finfo(dtype).tiny)
 
 
-def _solve_per_sample(A, W, V, mu, loss, options, chunk):
+def _solve_per_sample(A, W, V, mu, loss, options, chunk, weights=None):
   """Codes each row of V (n, k) on its own A_i W: the operator's leaves carry a sample axis.
 
   l2: matrix-free accelerated projected gradient, the whole batch at once; each iteration
   applies W, every A_i, every A_i^T and W^T (two matrix products), never a per-sample Gram.
-  l1: A_i W is formed per sample, ``chunk`` samples at a time.
+  l1: A_i W is formed per sample, ``chunk`` samples at a time. Entry weights M (n, k) of V
+  enter as diag(sqrt(m)) A_i (l2) or diag(m) A_i (l1), and v as sqrt(m) v or m v.
   """
   if loss == "l2":
-    forward = lambda H: jax.vmap(lambda A_i, u: A_i.mv(u))(A, jnp.dot(H, W.T, precision=_HIGHEST))
-    adjoint = lambda R: jnp.dot(jax.vmap(lambda A_i, r: A_i.T.mv(r))(A, R), W, precision=_HIGHEST)
+    root = jnp.ones_like(V) if weights is None else _cone.sqrt_weights(weights)
+    forward = lambda H: root * jax.vmap(lambda A_i, u: A_i.mv(u))(A, jnp.dot(
+        H, W.T, precision=_HIGHEST))
+    adjoint = lambda R: jnp.dot(jax.vmap(lambda A_i, r: A_i.T.mv(r))(A, root * R), W,
+                                precision=_HIGHEST)
     gram = lambda H: adjoint(forward(H))
-    C = adjoint(V)
+    C = adjoint(root * V)
     lipschitz = _lipschitz_estimate(gram, C.shape, C.dtype)
     problem = solvers.QuadraticProblem(gram, C, mu, lipschitz)
     out = solvers.solve(options["solver"], problem, differentiation=options["differentiation"])
     return out.h, out.converged
   one = dict(options, batch_size=1)
+  weights = jnp.ones_like(V) if weights is None else weights
 
-  def single(A_i, v):
-    out = _solve_shared(operators.apply_to_dictionary(A_i, W), v[None], mu, loss, one)
+  def single(A_i, v, m):
+    B = m[:, None] * operators.apply_to_dictionary(A_i, W)
+    out = _solve_shared(B, (m * v)[None], mu, loss, one)
     return out.h[0], out.converged[0]
 
-  return _loops.in_chunks(lambda a: jax.vmap(single)(*a), (A, V), chunk)
+  return _loops.in_chunks(lambda a: jax.vmap(single)(*a), (A, V, weights), chunk)
 
 
 _NO_GRAD_L1 = ("reconstruct(loss='l1') is not differentiable (its primal-dual iterations run "
@@ -150,7 +169,8 @@ def _mixture(U, p):
 
 @functools.partial(jax.jit, static_argnames=("loss", "select", "per_sample", "options",
                                              "chunk"))
-def _reconstruct(W, V, A, mu, temperature, *, loss, select, per_sample, options, chunk):
+def _reconstruct(W, V, A, mu, temperature, weights, *, loss, select, per_sample, options,
+                 chunk):
   options = dict(options)
   K, m, d = W.shape
   if select == "union":
@@ -158,19 +178,21 @@ def _reconstruct(W, V, A, mu, temperature, *, loss, select, per_sample, options,
   guard = functools.partial(_guarded, loss=loss)
   # One cone at a time by lax.map: one solver in the compiled program, whatever K.
   if per_sample:
-    solve = guard(lambda A, W_k, V, mu: _solve_per_sample(A, W_k, V, mu, loss, options, chunk))
-    h, converged = lax.map(lambda W_k: solve(A, W_k, V, mu), W)
+    solve = guard(lambda A, W_k, V, mu, M: _solve_per_sample(A, W_k, V, mu, loss, options,
+                                                              chunk, M))
+    h, converged = lax.map(lambda W_k: solve(A, W_k, V, mu, weights), W)
     h, converged = jnp.moveaxis(h, 0, -2), jnp.moveaxis(converged, 0, -1)
     AU = jax.vmap(lambda A_i, u: operators.apply(A_i, u))(A, jnp.einsum(
         "nkd,kmd->nkm", h, W, precision=_HIGHEST))
   else:
     B = jax.vmap(operators.apply_to_dictionary, (None, 0))(A, W)
-    solve = guard(lambda B_k, V, mu: tuple(_solve_shared(B_k, V, mu, loss, options)[::3]))
-    h, converged = lax.map(lambda B_k: solve(B_k, V, mu), B)
+    solve = guard(lambda B_k, V, mu, M: tuple(_solve_shared(B_k, V, mu, loss, options,
+                                                            M)[::3]))
+    h, converged = lax.map(lambda B_k: solve(B_k, V, mu, weights), B)
     h, converged = jnp.moveaxis(h, 0, -2), jnp.moveaxis(converged, 0, -1)
     AU = jnp.einsum("nkd,kcd->nkc", h, B, precision=_HIGHEST)
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
-  misfit = _misfit(AU - V[:, None], loss)
+  misfit = _misfit(AU - V[:, None], loss, None if weights is None else weights[:, None])
   return _select(U, h, misfit, converged, mu, temperature, loss=loss, select=select)
 
 
@@ -195,9 +217,11 @@ def _select(U, h, misfit, converged, mu, temperature, *, loss, select):
 
 
 @functools.partial(jax.jit, static_argnames=("select", "beta", "max_iter", "tol"))
-def _reconstruct_beta(W, V, A, mu, temperature, widths, *, select, beta, max_iter, tol):
+def _reconstruct_beta(W, V, A, mu, temperature, widths, weights, *, select, beta, max_iter,
+                      tol):
   """``reconstruct`` under D_beta: ``_nmf_steps.multiplicative_codes`` on every cone
-  (lax.map), each observation on its own (its unit scale, start and stopping test)."""
+  (lax.map), each observation on its own (its unit scale, start and stopping test),
+  weighted by the entry weights of V if any."""
   K, m, d = W.shape
   if select == "union":
     W, widths = jnp.transpose(W, (1, 0, 2)).reshape(1, m, K * d), jnp.sum(widths)[None]
@@ -206,7 +230,7 @@ def _reconstruct_beta(W, V, A, mu, temperature, widths, *, select, beta, max_ite
     forward = lambda H: jax.vmap(A.mv)(jnp.dot(H, W_k.T, precision=_HIGHEST))
     adjoint = lambda R: jnp.dot(jax.vmap(A.T.mv)(R), W_k, precision=_HIGHEST)
     H, n_iter = _nmf_steps.multiplicative_codes(forward, adjoint, V, mu, d_k, beta=beta,
-                                                max_iter=max_iter, tol=tol)
+                                                max_iter=max_iter, tol=tol, weights=weights)
     return H, (n_iter < max_iter) | (tol == 0)  # tol = 0 asks for every update
 
   h, stopped = lax.map(one, (W, widths))
@@ -214,11 +238,12 @@ def _reconstruct_beta(W, V, A, mu, temperature, widths, *, select, beta, max_ite
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
   AU = jax.vmap(A.mv)(U.reshape(-1, m)).reshape(U.shape[:2] + (V.shape[-1],))
   V = jnp.where(jnp.any(V < 0, axis=1, keepdims=True), jnp.nan, V)  # (unchecked under jit)
-  misfit = _divergence.divergences(V[:, None], AU, beta)
+  misfit = _divergence.divergences(V[:, None], AU, beta,
+                                   None if weights is None else weights[:, None])
   return _select(U, h, misfit, converged, mu, temperature, loss="l2", select=select)
 
 
-def _check_beta(beta, W, V, A, loss, per_sample_operator, options):
+def _check_beta(beta, W, V, A, loss, per_sample_operator, options, weighted):
   """(max_iter, tol) for ``reconstruct`` under a beta-divergence, or a ValueError."""
   if loss != "l2":
     raise ValueError(f"loss={loss!r} cannot go with beta_loss {beta:g}: the beta-divergence is "
@@ -228,7 +253,7 @@ def _check_beta(beta, W, V, A, loss, per_sample_operator, options):
     raise ValueError(f"beta_loss {beta:g} takes one operator shared by all samples; "
                      "per_sample_operator=True serves beta_loss='frobenius' only.")
   max_iter, tol = _divergence.multiplicative_options(beta, options, "reconstruct")
-  _divergence.check_data(V, "V", beta)
+  _divergence.check_data(V, "V", beta, weighted)
   if all(map(_checks.is_concrete, [W, V, *jax.tree.leaves(A)])):
     B = jax.vmap(operators.apply_to_dictionary, (None, 0))(A, W)
     if bool(jnp.any(B < -1e-6 * jnp.max(jnp.abs(B)))):
@@ -252,12 +277,21 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                 per_sample_operator: bool = False, max_iter: int | None = None,
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
                 differentiation: str = "implicit", solver="auto",
-                temperature=None, beta_loss=None) -> Reconstruction:
+                temperature=None, beta_loss=None, weights=None,
+                missing: str | None = None) -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
   ||A W h - v||_1 + mu_h sum(h) (``loss="l1"``, robust to salt-and-pepper noise) and
   returns u = W h*. A W is formed by applying A to the atoms; A is never a matrix.
+
+  Missing values: with entry weights M of V in [0, 1] (0 = missing, as in ``conejax.nmf``;
+  ``missing="nan"`` gives NaN entries weight 0) the data fit is weighted,
+  0.5 sum_j M_j (A W h - v)_j^2 (the NNLS through diag(sqrt(M)), exact by its own Gram
+  per sample with a shared operator; ``sum_j M_j |.|_j`` for l1, sum_j M_j d_beta under a
+  beta-divergence), and so is ``misfit``; u = W h* is the full signal, so
+  ``reconstruct(cones, X, weights=M).u`` imputes the missing entries of X (A the identity).
+  All-ones weights give the unweighted result.
 
   Args:
     dictionary: ``Cones``, or a dictionary W of shape (m, d) or (K, m, d).
@@ -299,15 +333,19 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       beta = 2; "best" minimises it plus mu_h sum(h), "posterior" weighs by
       exp(-2 misfit / T)); V and A W must be non-negative, only ``max_iter`` (default 200)
       and ``tol`` (1e-5) apply, and ``loss="l1"`` and per-sample operators do not.
+    weights: None, or (k,) / (N, k) weights in [0, 1] of the entries of V (0 = missing).
+    missing: None, or "nan": NaN entries of V are missing (weight 0).
 
   Returns:
     ``Reconstruction`` (u, h, misfit, cone, converged); see its fields for shapes. A single sample
     (V of shape (k,)) and a single dictionary drop their axes.
 
   Raises:
-    ValueError: on unknown loss or select, shape mismatch, non-finite data or mu_h < 0;
-      under a beta-divergence, on negative V or A W, zeros of V for beta <= 0, loss="l1",
-      per-sample operators or NNLS options other than their defaults.
+    ValueError: on unknown loss or select, shape mismatch, non-finite data (NaN is allowed
+      with ``missing="nan"``), weights not of V's shape or outside [0, 1] (under jit these
+      make the result NaN), or mu_h < 0; under a beta-divergence, on negative V or A W,
+      zeros of V (of non-zero weight) for beta <= 0, loss="l1", per-sample operators or
+      NNLS options other than their defaults.
 
   Example:
     >>> import jax, jax.numpy as jnp, conejax
@@ -329,6 +367,9 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                  else jnp.ones(()))
   W, mu_h, single_dictionary = _as_stack(dictionary, mu_h)
   V = _checks.as_float_array(V, "V")
+  beta = _cone.beta_of(dictionary, beta_loss)
+  if weights is not None or missing is not None:  # nmf's checks: V's missing entries at 0
+    V, _, weights = _nmf_checks.check_loss(V, beta, weights, missing, name="V")
   _checks.check_finite(V, "V")
   m = W.shape[1]
   A = operators.identity(m) if A is None else A
@@ -339,6 +380,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     raise ValueError(f"A maps signals of size {A.in_size}, but the cones' atoms have size {m}.")
   single_sample = V.ndim == 1
   V = V[None] if single_sample else V
+  weights = weights[None] if single_sample and weights is not None else weights
   if V.ndim != 2 or V.shape[1] != A.out_size:
     raise ValueError(f"V must have shape (N, {A.out_size}) (A's output size), samples as rows; "
                      f"got {tuple(V.shape)}.")
@@ -356,15 +398,16 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       A = jax.tree.map(lambda x: x[None], A)
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
-  beta = _cone.beta_of(dictionary, beta_loss)
+  weights = None if weights is None else weights.astype(dtype)
   if beta != 2:
     steps = _check_beta(beta, W, V, A, loss, per_sample_operator, dict(
         solver=solver, batch_size=batch_size, differentiation=differentiation,
-        max_iter=max_iter, tol=tol))
+        max_iter=max_iter, tol=tol), weights is not None)
     widths = jnp.asarray(dictionary.ranks if isinstance(dictionary, Cones)
                          else (W.shape[-1],) * W.shape[0], dtype)
     out = _reconstruct_beta(W.astype(dtype), V.astype(dtype), A, mu, temperature.astype(dtype),
-                            widths, select=select, beta=beta, max_iter=steps[0], tol=steps[1])
+                            widths, weights, select=select, beta=beta, max_iter=steps[0],
+                            tol=steps[1])
     return _finish(out, single_dictionary, single_sample, select)
   solver, batch_size = _nnls.check_options(
       solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
@@ -379,7 +422,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   if loss == "l2":
     options.update(differentiation=differentiation, penalty="absolute")
   out = _reconstruct(W.astype(dtype), V.astype(dtype), A, mu, temperature.astype(dtype),
-                     loss=loss, select=select,
+                     weights, loss=loss, select=select,
                      per_sample=bool(per_sample_operator),
                      options=tuple(sorted(options.items())),
                      chunk=_checks.check_positive_int(chunk_size, "chunk_size"))

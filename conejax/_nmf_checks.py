@@ -55,8 +55,11 @@ def beta_float(beta_loss) -> float:
   return float(beta_loss)
 
 
-def check_loss(U, beta_loss, weights, missing):
+def check_loss(U, beta_loss, weights, missing, name: str = "U"):
   """The loss: beta (float), U with missing entries at 0, and weights (None: all ones).
+
+  ``name`` is U's in the messages (``conejax.codes`` checks its X here too). U may have any
+  shape; the weights must have the same.
 
   Raises:
     ValueError: on a bad beta_loss or missing, weights not of U's shape or outside [0, 1],
@@ -64,7 +67,7 @@ def check_loss(U, beta_loss, weights, missing):
   """
   beta = beta_float(beta_loss)
   if missing not in (None, "nan"):
-    raise ValueError(f"missing must be None or 'nan' (NaN entries of U get weight 0); got "
+    raise ValueError(f"missing must be None or 'nan' (NaN entries of {name} get weight 0); got "
                      f"{missing!r}.")
   if missing == "nan":
     seen = ~jnp.isnan(U)
@@ -72,8 +75,8 @@ def check_loss(U, beta_loss, weights, missing):
   if weights is not None:
     weights = _checks.as_float_array(weights, "weights").astype(U.dtype)
     if weights.shape != U.shape:
-      raise ValueError(f"weights must have U's shape {tuple(U.shape)} (one weight in [0, 1] per "
-                       f"entry, 0 = missing); got {tuple(weights.shape)}.")
+      raise ValueError(f"weights must have {name}'s shape {tuple(U.shape)} (one weight in "
+                       f"[0, 1] per entry, 0 = missing); got {tuple(weights.shape)}.")
     if _checks.is_concrete(weights):
       values = np.asarray(weights)
       if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
@@ -86,9 +89,10 @@ def check_loss(U, beta_loss, weights, missing):
   if beta <= 0 and _checks.is_concrete(U) and (weights is None or _checks.is_concrete(weights)):
     zero = np.asarray(U == 0) if weights is None else np.asarray((U == 0) & (weights > 0))
     if zero.any():
-      raise ValueError(f"beta_loss={beta_loss!r} (beta <= 0) is infinite where U is 0: U has "
-                       f"{int(zero.sum())} zero entries with a non-zero weight. Add a small "
-                       "floor (e.g. U + 1e-9 * U.max()), or give those entries weight 0.")
+      raise ValueError(f"beta_loss={beta_loss!r} (beta <= 0) is infinite where {name} is 0: "
+                       f"{name} has {int(zero.sum())} zero entries with a non-zero weight. Add a "
+                       f"small floor (e.g. {name} + 1e-9 * {name}.max()), or give those entries "
+                       "weight 0.")
   return U, beta, weights
 
 

@@ -226,7 +226,7 @@ def mu_beta_atoms(U, W, H, WH, mu_w, beta: float, weights=None, reduce=lambda x:
 
 
 def multiplicative_codes(forward, adjoint, V, mu, widths, *, beta: float, max_iter: int,
-                         tol: float):
+                         tol: float, weights=None):
   """min_{h >= 0} D_beta(v | B h) + mu |h|_1 for every row v of V, each row on its own.
 
   B is given only as ``forward`` (H (n, d) -> (n, k)) and ``adjoint`` (R (n, k) -> (n, d)),
@@ -239,25 +239,34 @@ def multiplicative_codes(forward, adjoint, V, mu, widths, *, beta: float, max_it
   zero-padded ragged cones) and stops by itself, after ``max_iter`` updates or when its
   objective falls by less than ``tol`` times itself (or is 0). A row with a negative entry
   gets NaN codes. Returns H (n, d) at V's scale and the updates each row ran (n,).
+
+  With entry weights M (n, k) in [0, 1] (0 = missing) the objective is sum M d_beta(v | B h)
+  + mu |h|_1 and the updates ``mu_beta_codes``' weighted ones (M inside the numerator and
+  the denominator); a row's scale, start (its weighted mean) and objective then see only its
+  entries of non-zero weight, so a row is ``nmf_codes(..., weights=...)`` of that row alone.
   """
   # A row with a negative entry (unchecked under jit) is NaN, never a plausible code.
   V = jnp.where(jnp.any(V < 0, axis=1, keepdims=True), jnp.nan, V)
-  top = jnp.max(V, axis=1, keepdims=True)
+  top = jnp.max(V if weights is None else jnp.where(weights > 0, V, 0), axis=1, keepdims=True)
   scale = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
   d = jax.eval_shape(adjoint, V[:1]).shape[1]
-  H = jnp.broadcast_to(jnp.sqrt(jnp.mean(V, axis=1, keepdims=True) / widths) / scale,
-                       (V.shape[0], d))
+  if weights is None:
+    mean = jnp.mean(V, axis=1, keepdims=True)
+  else:  # over the observed entries (0 for a row with none)
+    total = jnp.sum(weights, axis=1, keepdims=True)
+    mean = jnp.sum(weights * V, axis=1, keepdims=True) / jnp.where(total > 0, total, 1)
+  H = jnp.broadcast_to(jnp.sqrt(mean / widths) / scale, (V.shape[0], d))
   V, mu = V / scale, mu / scale ** (beta - 1)
-  column_sums = adjoint(jnp.ones_like(V[:1])) if beta == 1 else None
+  column_sums = adjoint(jnp.ones_like(V[:1])) if beta == 1 and weights is None else None
 
   def step(H, BH):
-    numerator, denominator = _ratios(V, BH, beta, None)
+    numerator, denominator = _ratios(V, BH, beta, weights)
     denominator = column_sums if denominator is None else adjoint(denominator)
     H = _mm_step(H, adjoint(numerator), denominator, mu, beta)
     return jnp.where(H < ZERO_BELOW, 0, H) if beta < 1 else H
 
   def objective(H, BH):
-    rows = jax.vmap(lambda v, bh: beta_divergence(v, bh, beta))(V, BH)
+    rows = jax.vmap(lambda v, bh, w: beta_divergence(v, bh, beta, w))(V, BH, weights)
     return rows + mu[:, 0] * jnp.sum(H, axis=1)
 
   def body(carry):

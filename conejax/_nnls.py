@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _scale, solvers
+from conejax import _checks, _loops, _scale, solvers
 from conejax.solvers import NNLSResult, QuadraticProblem
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -74,20 +74,47 @@ def _nnls_gram_jit(G, C, mu, H0, *, solver, batch_size, differentiation, penalty
                     out.residual.reshape(batch_shape), out.converged.reshape(batch_shape))
 
 
+WEIGHTED_ENTRIES = 2**22  # entries of diag(sqrt(m)) W formed at once by weighted solves
+
+
+def _solve_weighted(W, M, C, mu, H0, **options):
+  """Each sample x with weights m (a row of M (n, m)) on its own Gram B^T B, B = diag(sqrt(m))
+  W, with C (n, d) holding W^T (m x) (less the folded penalty). ``solve_gram`` on one sample at a
+  time (vmap), ``batch_size`` samples at a time, fewer where their B's would exceed
+  WEIGHTED_ENTRIES."""
+  chunk = max(1, min(options["batch_size"], WEIGHTED_ENTRIES // W.size))
+  options = dict(options, batch_size=1)
+
+  def one(m, c, h0):
+    B = jnp.sqrt(m)[:, None] * W
+    out = solve_gram(jnp.dot(B.T, B, precision=_HIGHEST), c[None], mu, h0[None], **options)
+    return jax.tree.map(lambda a: a[0], out)
+
+  return _loops.in_chunks(lambda a: jax.vmap(one)(*a), (M, C, H0), chunk)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def solve_dictionary(W, V, mu, H0, *, solver, batch_size, differentiation, penalty):
+def solve_dictionary(W, V, mu, H0, weights=None, *, solver, batch_size, differentiation,
+                     penalty):
   """Codes of V (..., m) on W (m, d), or on each of K stacked dictionaries (K, m, d).
 
   Each sample is divided by a power of two 2^a near its largest entry and each dictionary
   by one, 2^b, near its own, before W^T W and V W are formed (so they cannot under- or
   overflow); h = 2^(a - b) g where g solves the problem of v 2^-a on W 2^-b with the
   penalty mu 2^-(a + b), folded into the right-hand side so that it can differ per sample.
+
+  With entry weights M (..., m) in [0, 1] (0 = missing), each sample solves
+  min_{h >= 0} 0.5 sum_j m_j ((W h)_j - v_j)^2 + mu sum(h), the NNLS through diag(sqrt(m)):
+  its own Gram W^T diag(m) W and c = W^T (m v), exact with the active set (a (d, d) Gram
+  per sample; 2^a is then taken over the entries of non-zero weight). All-ones weights give
+  the unweighted codes.
   """
   options = dict(solver=solver, batch_size=batch_size, differentiation=differentiation)
   m, d = W.shape[-2:]
   W3 = W if W.ndim == 3 else W[None]
   batch = V.shape[:-1]
   X = V.reshape(-1, m)
+  M = None if weights is None else weights.reshape(-1, m)
   H0 = (H0 if W.ndim == 3 else H0[..., None, :]).reshape(X.shape[0], W3.shape[0], d)
   # XLA:CPU computes a single row's products as matrix-vector products, whose rounding
   # differs from a batch's matrix products (1e-5 relative in float32 codes on k-means
@@ -95,20 +122,25 @@ def solve_dictionary(W, V, mu, H0, *, solver, batch_size, differentiation, penal
   single = X.shape[0] == 1
   if single:
     X, H0 = jnp.concatenate([X, X]), jnp.concatenate([H0, H0])
-  ea, eb = _scale.exponent_of(X, -1), _scale.exponent_of(W3, (1, 2))
+    M = None if M is None else jnp.concatenate([M, M])
+  ea = _scale.exponent_of(X if M is None else jnp.where(M > 0, X, 0), -1)
+  eb = _scale.exponent_of(W3, (1, 2))
   X = jnp.ldexp(X, -ea[:, None])
 
   def one(args):
     W_k, eb_k, H0_k = args
     W_k = jnp.ldexp(W_k, -eb_k)
-    G = jnp.dot(W_k.T, W_k, precision=_HIGHEST)
-    C = jnp.dot(X, W_k, precision=_HIGHEST)
+    C = jnp.dot(X if M is None else M * X, W_k, precision=_HIGHEST)
     shift = (ea - eb_k)[:, None]
+    H0_k = jnp.ldexp(H0_k, -shift)
     if penalty == "relative":
-      out = solve_gram(G, C, mu, jnp.ldexp(H0_k, -shift), penalty="relative", **options)
+      mu_k, rest = mu, dict(options, penalty="relative")
+    else:  # folded into C, so that it can differ per sample
+      C, mu_k, rest = C - jnp.ldexp(mu, -(ea + eb_k))[:, None], jnp.zeros_like(mu), options
+    if M is None:
+      out = solve_gram(jnp.dot(W_k.T, W_k, precision=_HIGHEST), C, mu_k, H0_k, **rest)
     else:
-      C = C - jnp.ldexp(mu, -(ea + eb_k))[:, None]
-      out = solve_gram(G, C, jnp.zeros_like(mu), jnp.ldexp(H0_k, -shift), **options)
+      out = _solve_weighted(W_k, M, C, mu_k, H0_k, **rest)
     return out._replace(h=jnp.ldexp(out.h, shift))
 
   out = lax.map(one, (W3, eb, jnp.moveaxis(H0, 1, 0)))           # leaves (K, n, ...)
