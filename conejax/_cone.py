@@ -202,7 +202,7 @@ def fit_cones(X, y, rank: int | dict, *, key: jax.Array, mu_w=0.0, mu_h=0.0, met
   fit = _nmf.nmf_per_class(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method,
                            init=init, max_iter=max_iter, tol=tol,
                            class_batch_size=class_batch_size, unit_atoms=beta == 2,
-                           beta_loss=beta_loss)
+                           beta_loss=beta_loss, exact_codes=False)
   norm = jnp.linalg.norm(fit.W, axis=1, keepdims=True)
   W = fit.W / jnp.where(norm > 0, norm, 1)
   settings = dict(rank=int(rank), mu_w=float(mu_w), mu_h=float(mu_h), method=method, init=init,
