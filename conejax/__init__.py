@@ -38,6 +38,7 @@ from conejax._nnls import nnls_gram as nnls_gram
 from conejax._nnls_l1 import nnls_l1 as nnls_l1
 from conejax._patch_cones import PatchCones as PatchCones
 from conejax._patch_cones import fit_patch_cones as fit_patch_cones
+from conejax._restore import Restoration as Restoration
 from conejax._restore import restore as restore
 from conejax._sharding import distance_sharded as distance_sharded
 from conejax._sharding import make_mesh as make_mesh

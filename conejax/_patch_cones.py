@@ -139,18 +139,9 @@ def _signed_gram(W):
   return D, jnp.dot(D.T, D, precision=_HIGHEST)
 
 
-def project_patches(pc: PatchCones, X: jax.Array, mu, *, solver="auto",
-                    reweight: int = 0) -> tuple:
-  """The patch-cone projection of patches X (n, m) at penalty mu: (P(X), nnz), traced.
-
-  With ``reweight`` r > 0 the codes are recomputed r times with per-atom penalties
-  mu eps / (|h_j| + eps), eps = mu, from the previous codes h (reweighted L1, Candes,
-  Wakin and Boyd 2008): large coefficients are shrunk less, a closer surrogate of the
-  number of atoms.
-
-  Returns the projections (n, m) and each patch's number of non-zero codes (n,), on the
-  cone of smallest penalised objective.
-  """
+def _cone_fits(pc: PatchCones, X: jax.Array, mu, solver, reweight: int):
+  """Every cone's coding of patches X (n, m) at penalty mu (a scalar or (n, 1)): the DC term
+  (n, 1), the fits (K, n, m) about it, penalised objectives (K, n) and code counts (K, n)."""
   d = pc.W.shape[-1] * (2 if pc.signed else 1)
   solver, _ = _nnls.check_options(solver, max_iter=None, tol=None, batch_size=2048,
                                   differentiation="implicit", n_atoms=d)
@@ -181,10 +172,47 @@ def project_patches(pc: PatchCones, X: jax.Array, mu, *, solver="auto",
     return fit, objective, jnp.sum(magnitude > small, axis=1)
 
   if pc.W.shape[0] == 1:
-    fit, _, nnz = one_cone(pc.W[0])
-    return dc + fit, nnz
-  fits, objectives, nnzs = lax.map(one_cone, pc.W)
+    fit, objective, nnz = one_cone(pc.W[0])
+    return dc, fit[None], objective[None], nnz[None]
+  return (dc, *lax.map(one_cone, pc.W))
+
+
+def project_patches(pc: PatchCones, X: jax.Array, mu, *, solver="auto",
+                    reweight: int = 0) -> tuple:
+  """The patch-cone projection of patches X (n, m) at penalty mu: (P(X), nnz), traced.
+
+  With ``reweight`` r > 0 the codes are recomputed r times with per-atom penalties
+  mu eps / (|h_j| + eps), eps = mu, from the previous codes h (reweighted L1, Candes,
+  Wakin and Boyd 2008): large coefficients are shrunk less, a closer surrogate of the
+  number of atoms.
+
+  Returns the projections (n, m) and each patch's number of non-zero codes (n,), on the
+  cone of smallest penalised objective.
+  """
+  dc, fits, objectives, nnzs = _cone_fits(pc, X, mu, solver, reweight)
+  if pc.W.shape[0] == 1:
+    return dc + fits[0], nnzs[0]
   best = jnp.argmin(objectives, axis=0)
   take = lambda a: jnp.take_along_axis(a, best[None, :, None] if a.ndim == 3 else best[None],
                                        axis=0)[0]
   return dc + take(fits), take(nnzs)
+
+
+def posterior_patches(pc: PatchCones, X: jax.Array, mu, temperature, *, solver="auto",
+                      reweight: int = 0) -> tuple:
+  """The posterior mixture over the K cones of patches X (n, m) at penalty mu, traced.
+
+  Cone k's estimate of patch j is x_jk = mean(x_j) + W_k c_jk (as ``project_patches``), its
+  posterior probability p_jk = softmax_k(-J_jk / T) from the penalised objectives J_jk
+  (T: ``temperature``, a scalar or (n,); see ``conejax.restore`` for its default).
+
+  Returns:
+    (dc, fits, p, nnz): the DC terms (n, 1), the fits (K, n, m) (x_jk = dc + fits[k]), the
+    probabilities (K, n), and the expected number of non-zero codes sum_k p_jk nnz_jk (n,),
+    in X's dtype.
+  """
+  dc, fits, objectives, nnzs = _cone_fits(pc, X, mu, solver, reweight)
+  T = jnp.broadcast_to(jnp.asarray(temperature, X.dtype), objectives.shape[1:])
+  gap = objectives - jnp.min(objectives, axis=0, keepdims=True)
+  p = jax.nn.softmax(-gap / T[None], axis=0)
+  return dc, fits, p, jnp.sum(p * nnzs.astype(X.dtype), axis=0)

@@ -35,11 +35,40 @@ normalised convolution G (A^T v) / G (A^T A 1), G a Gaussian of std 2 pixels (fo
 observed pixels kept, the rest smoothly interpolated; for pooling a smooth upsampling). The result is the last prior step z_n (``output="prior"``) or the data step after
 it (``output="data"``; with sigma = 0, alpha_k = 0 and it keeps the observed pixels of a
 mask exactly, filling the others from the prior).
+
+Uncertainty (``uncertainty=True``): the last prior step keeps every cone instead of the
+best one. Patch j's estimate on cone k is x_jk = mean(x_j) + W_k c_jk, with penalised
+objective J_jk = 0.5 ||W_k c_jk - r_j||^2 + mu_n |c_jk|_1, and its posterior probability is
+
+    p_jk = softmax_k(-J_jk / T),   T = s_n^2 by default (``temperature``):
+
+the prior step is the MAP denoiser of patches seen through Gaussian noise of std s_n (HQS's
+splitting variable), so J_jk / s_n^2 is cone k's negative log posterior at its best code
+(the normalisers are the same for every cone: equal ranks, equal prior weights), a Laplace
+(MAP) approximation of each cone's evidence. Pixel i is then the two-level mixture: a patch
+j covering it, drawn with the overlap weight omega_ji = w_j / sum_j' w_j' (w_j = 1, or
+1 / (1 + sum_k p_jk nnz_jk) with ``weights="sparsity"``), then a cone k with p_jk; its mean
+and variance (law of total variance) are
+
+    z_i = sum_j omega_ji m_j(i),                        m_j = sum_k p_jk x_jk,
+    var_i = sum_j omega_ji [ v_j(i) + (m_j(i) - z_i)^2 ],   v_j = sum_k p_jk (x_jk - m_j)^2,
+
+the overlap average of the patches' mixture variances plus the spread of the overlapping
+patch means about their average (computed as sum_j omega_ji sum_k p_jk (x_jk(i) - z_i)^2,
+without the cancellation of E[x^2] - z^2). With one cone, v_j = 0 and z is the image of
+``uncertainty=False``: only the overlap term is left, zero where a single patch covers a
+pixel or all covering patches agree. ``std = sqrt(var)``. With ``output="data"`` the data
+step after z is per pixel for a mask or the identity, u_i = (M_i v_i + alpha z_i) /
+(M_i^2 + alpha), so the std passes through exactly, times alpha / (M_i^2 + alpha) (0 on
+noiselessly observed pixels); other operators mix pixels and need ``output="prior"``. The
+map is the spread of the patch model at the last iterate: it says where the cones and the
+overlapping patches disagree about u_{n-1}, not how far the data determine each pixel.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +77,17 @@ from jax import lax
 
 from conejax import _checks, _nnls, _scale
 from conejax import patches as _patches
-from conejax._patch_cones import PatchCones, project_patches
-from conejax.operators import LinearOperator, blur
+from conejax._patch_cones import PatchCones, posterior_patches, project_patches
+from conejax.operators import LinearOperator, blur, identity
 from conejax.operators._image import Mask
 
 SIGMA_MIN = 0.005  # the lowest default prior level, per unit of data range (noiseless problems)
 SIGMA_START = 0.1  # the first default prior level, per unit of data range
 OUTPUTS = ("prior", "data")
 WEIGHTS = ("uniform", "sparsity")
+# Operators whose data step acts pixel by pixel, u_i = (a_i v_i + alpha z_i) / (a_i^2 + alpha):
+# the std of z passes through it exactly (restore(uncertainty=True, output="data")).
+PER_PIXEL = (Mask, type(identity(1)))
 
 
 def conjugate_gradient(A: LinearOperator, b, x0, alpha, n_iter: int):
@@ -88,27 +120,65 @@ def data_step(A: LinearOperator, v, z, alpha, *, cg_iter: int, x0=None):
   return conjugate_gradient(A, b, z if x0 is None else x0, alpha, cg_iter)
 
 
-def _prior_step(pc, U, mu, geometry, weights, solver, reweight):
-  """Overlap-averaged patch-cone projections of the images U (N, H W)."""
-  N, (p, q) = U.shape[0], geometry[1]
-  X = jax.vmap(lambda u: _patches.extract_flat(u, *geometry))(U)
-  n = X.shape[1]
-  mu = jnp.repeat(mu, n)[:, None]  # each image's penalty (N,) on each of its patches
-  P, nnz = project_patches(pc, X.reshape(N * n, p * q), mu, solver=solver, reweight=reweight)
-  P = P.reshape(N, n, p * q)
+def _aggregate(P, nnz, geometry, weights):
+  """The overlap average (N, H W) of patches P (N, n, p q), each patch weighted by
+  1 / (1 + nnz) (nnz (N, n)) with ``weights="sparsity"``, by 1 with "uniform"."""
   if weights == "uniform":
     return jax.vmap(lambda P: _patches.average_flat(P, *geometry))(P)
-  w = (1 / (1 + nnz.astype(U.dtype))).reshape(N, n, 1)
+  w = (1 / (1 + nnz.astype(P.dtype)))[..., None]
   add = jax.vmap(lambda P: _patches.overlap_add_flat(P, *geometry))
-  return add(w * P) / add(jnp.broadcast_to(w, (N, n, p * q)))
+  return add(w * P) / add(jnp.broadcast_to(w, P.shape))
 
 
-_STATIC = ("geometry", "cg_iter", "output", "weights", "solver", "reweight")
+def _image_patches(U, geometry):
+  """The patches (N, n, p q) of the flat images U (N, H W)."""
+  return jax.vmap(lambda u: _patches.extract_flat(u, *geometry))(U)
+
+
+def _prior_step(pc, U, mu, geometry, weights, solver, reweight):
+  """Overlap-averaged patch-cone projections of the images U (N, H W)."""
+  X = _image_patches(U, geometry)
+  (N, n, m), mu = X.shape, jnp.repeat(mu, X.shape[1])[:, None]  # each image's mu per patch
+  P, nnz = project_patches(pc, X.reshape(N * n, m), mu, solver=solver, reweight=reweight)
+  return _aggregate(P.reshape(N, n, m), nnz.reshape(N, n), geometry, weights)
+
+
+def _posterior_step(pc, U, mu, temperature, geometry, weights, solver, reweight):
+  """The posterior prior step of the images U (N, H W): mean and variance (N, H W).
+
+  Pixel i's law is the mixture over the patches j covering it (overlap weights
+  omega_ji = w_j / sum_j' w_j') and, within each, over the cones (p_jk): mean
+  z_i = sum_j omega_ji sum_k p_jk x_jk(i), variance sum_j omega_ji sum_k p_jk
+  (x_jk(i) - z_i)^2, computed in two passes (no cancellation of E[x^2] - z^2)."""
+  X = _image_patches(U, geometry)
+  N, n, m = X.shape
+  per_patch = lambda a: jnp.repeat(a, n)
+  dc, fits, p, nnz = posterior_patches(pc, X.reshape(N * n, m), per_patch(mu)[:, None],
+                                       per_patch(temperature), solver=solver,
+                                       reweight=reweight)
+  # With one cone p = 1 exactly: the plain prior step's arithmetic, so the same image.
+  mean = dc + (fits[0] if fits.shape[0] == 1 else jnp.sum(p[..., None] * fits, axis=0))
+  nnz = nnz.reshape(N, n)
+  Z = _aggregate(mean.reshape(N, n, m), nnz, geometry, weights)
+  deviation = dc[None] + fits - _image_patches(Z, geometry).reshape(1, N * n, m)  # (K, N n, m)
+  spread = jnp.sum(p[..., None] * deviation**2, axis=0).reshape(N, n, m)
+  return Z, _aggregate(spread, nnz, geometry, weights)
+
+
+def _data_gain(A, alpha, dtype):
+  """d u_i / d z_i (H W,) of a per-pixel data step (a mask, the identity): its map z -> u is
+  diagonal, so the variance of z passes through it exactly, pixel by pixel."""
+  M = A.weights.astype(dtype) if isinstance(A, Mask) else jnp.ones(A.in_size, dtype)
+  denominator = M * M + alpha
+  return jnp.where(denominator > 0, alpha / jnp.where(denominator > 0, denominator, 1), 1)
+
+
+_STATIC = ("geometry", "cg_iter", "output", "weights", "solver", "reweight", "uncertainty")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _restore(pc, V, A, levels, alphas, tau, init, *, geometry, cg_iter, output, weights,
-             solver, reweight):
+def _restore(pc, V, A, levels, alphas, tau, init, temperature, *, geometry, cg_iter, output,
+             weights, solver, reweight, uncertainty):
   # levels and alphas are (n_iter, N): each image's schedule is in its own units.
   data = jax.vmap(lambda v, z, x0, alpha: data_step(A, v, z, alpha, cg_iter=cg_iter, x0=x0))
   tiny_alpha = alphas[0] * 1e-3
@@ -119,8 +189,32 @@ def _restore(pc, V, A, levels, alphas, tau, init, *, geometry, cg_iter, output, 
     Z = _prior_step(pc, U, tau * levels[k], geometry, weights, solver, reweight)
     return data(V, Z, U, alphas[k]), Z
 
-  U, Z = lax.fori_loop(0, levels.shape[0], step, (U, U))
-  return Z if output == "prior" else U
+  n = levels.shape[0]
+  if not uncertainty:
+    U, Z = lax.fori_loop(0, n, step, (U, U))
+    return Z if output == "prior" else U
+  # The first n - 1 steps as without uncertainty; the last prior step is the posterior one.
+  if n > 1:
+    U, _ = lax.fori_loop(0, n - 1, step, (U, U))
+  Z, var = _posterior_step(pc, U, tau * levels[-1], temperature, geometry, weights, solver,
+                           reweight)
+  if output == "prior":
+    return Z, var
+  gain = jax.vmap(lambda alpha: _data_gain(A, alpha, V.dtype))(alphas[-1])
+  return data(V, Z, U, alphas[-1]), gain**2 * var
+
+
+class Restoration(NamedTuple):
+  """A restored image and its per-pixel uncertainty (``restore(..., uncertainty=True)``).
+
+  Attributes:
+    image: (H, W) or (N, H, W) restored image (the posterior mean of the last prior step
+      with ``output="prior"``, the data step after it with ``output="data"``).
+    std: the same shape, the per-pixel standard deviation of the posterior mixture of
+      patches and cones (see ``restore``).
+  """
+  image: jax.Array
+  std: jax.Array
 
 
 def _normalised_convolution(A, V, image_shape, std=2.0):
@@ -157,7 +251,8 @@ def _check_scalar(x, name, fix, positive=False):
 def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shape, sigma,
             n_iter: int = 8, sigma_start=None, sigma_end=None, tau=1.5, lam=1.0, stride=2,
             cg_iter: int = 20, weights: str = "sparsity", output: str = "prior", init=None,
-            reweight: int = 0, solver="auto", data_range=None) -> jax.Array:
+            reweight: int = 0, solver="auto", data_range=None, uncertainty: bool = False,
+            temperature=None) -> jax.Array | Restoration:
   """Restores images from v = A u + noise by HQS with a patch-cone prior.
 
   See the module docstring for the iteration and the schedule of the coupling weight.
@@ -187,13 +282,23 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     data_range: the range of the image's values (e.g. 1 for images in [0, 1], 255 for
       8-bit values), which sets the default prior levels; None takes, per image, the
       largest |value| of the first estimate u_0 (see ``init``).
+    uncertainty: also return a per-pixel standard deviation: the last prior step becomes
+      the posterior mixture over the cones and the overlapping patches (see the module
+      docstring for the formula); with ``output="data"``, only for a mask or the identity.
+    temperature: () > 0, in squared units of v: the temperature T of the cones' posterior
+      p_jk = softmax_k(-J_jk / T) (only with ``uncertainty=True``); None is s_n^2, the last
+      prior level squared. Small T approaches the best cone (the plain image), large T
+      weighs the cones equally.
 
   Returns:
-    (H, W) image, or (N, H, W) for a batch; the dtype of v.
+    (H, W) image, or (N, H, W) for a batch; the dtype of v. With ``uncertainty=True`` a
+    ``Restoration(image, std)`` of two such arrays.
 
   Raises:
     ValueError: if the shapes of v, A and image_shape disagree, a patch does not fit the
-      image, sigma, tau or lam are negative, or an option is unknown.
+      image, sigma, tau, lam or temperature are negative, an option is unknown,
+      ``temperature`` is given without ``uncertainty=True``, or ``uncertainty=True`` with
+      ``output="data"`` for an operator other than a mask or the identity.
 
   Example:
     >>> import jax, numpy as np, conejax
@@ -201,6 +306,10 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     >>> pc = conejax.fit_patch_cones(images, 4, key=jax.random.key(0), rank=8)
     >>> conejax.restore(pc, images[0].reshape(-1), image_shape=(16, 16), sigma=0.1).shape
     (16, 16)
+    >>> image, std = conejax.restore(pc, images[0].reshape(-1), image_shape=(16, 16),
+    ...                              sigma=0.1, uncertainty=True)
+    >>> std.shape, bool((std >= 0).all())
+    ((16, 16), True)
   """
   if not isinstance(cones, PatchCones):
     raise ValueError(f"cones must be PatchCones from conejax.fit_patch_cones; got "
@@ -209,7 +318,6 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   (H, W), m = geometry[0], geometry[0][0] * geometry[0][1]
   source = "A's output"
   if A is None:
-    from conejax.operators import identity
     A, source = identity(m), f"the pixels of image_shape {(H, W)}"
   if not isinstance(A, LinearOperator):
     raise ValueError(f"A must be a conejax.operators LinearOperator; got {type(A).__name__}.")
@@ -227,6 +335,19 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   cg_iter = _checks.check_positive_int(cg_iter, "cg_iter")
   _checks.check_choice(output, "output", OUTPUTS)
   _checks.check_choice(weights, "weights", WEIGHTS)
+  if not isinstance(uncertainty, (bool, np.bool_)):
+    raise ValueError(f"uncertainty must be True or False; got {uncertainty!r}.")
+  if temperature is not None and not uncertainty:
+    raise ValueError("temperature goes with uncertainty=True (the posterior over the cones); "
+                     "pass uncertainty=True, or drop temperature.")
+  if temperature is not None:
+    temperature = _check_scalar(temperature, "temperature", "The posterior temperature, in "
+                                "squared units of v (default sigma_end^2).", positive=True)
+  if uncertainty and output == "data" and not isinstance(A, PER_PIXEL):
+    raise ValueError(f"uncertainty=True with output='data' needs a per-pixel data step (a "
+                     f"mask or the identity); for {type(A).__name__} the data step mixes "
+                     "pixels and the std of the prior step does not pass through it. Pass "
+                     "output='prior'.")
   fix = "Pass the noise standard deviation of v, in its units."
   sigma = _check_scalar(sigma, "sigma", fix).astype(V.dtype)
   tau = _check_scalar(tau, "tau", "It scales the code penalty mu = tau * level.").astype(V.dtype)
@@ -265,8 +386,21 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   solver, _ = _nnls.check_options(solver, max_iter=None, tol=None, batch_size=2048,
                                   differentiation="implicit", n_atoms=d)
   pc = jax.tree_util.tree_map(lambda x: x.astype(V.dtype), cones)
-  out = _restore(pc, V, A, levels, alphas, tau, init, geometry=geometry, cg_iter=cg_iter,
-                 output=output, weights=weights, solver=solver,
-                 reweight=_check_count(reweight, "reweight"))
-  out = jnp.ldexp(out, e[:, None]).reshape(-1, H, W)
-  return out[0] if single else out
+  if temperature is None:
+    temperature = levels[-1] ** 2  # (N,): the last prior level's variance, at unit scale
+  else:
+    temperature = jnp.ldexp(jnp.broadcast_to(temperature.astype(V.dtype), e.shape), -2 * e)
+  out = _restore(pc, V, A, levels, alphas, tau, init, temperature, geometry=geometry,
+                 cg_iter=cg_iter, output=output, weights=weights, solver=solver,
+                 reweight=_check_count(reweight, "reweight"), uncertainty=bool(uncertainty))
+
+  def as_images(x):  # back to the images' units and shape
+    x = jnp.ldexp(x, e[:, None]).reshape(-1, H, W)
+    return x[0] if single else x
+
+  if not uncertainty:
+    return as_images(out)
+  image, var = out
+  positive = var > 0
+  std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1)), 0)
+  return Restoration(as_images(image), as_images(std))
