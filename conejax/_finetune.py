@@ -15,6 +15,12 @@ Any optax ``GradientTransformation`` takes the steps; after each one the diction
 projected back onto W >= 0 and their atoms renormalised to unit length, so the result is
 again ``Cones``. A held-out validation split is scored every ``eval_every`` steps; the best
 cones are kept and ``patience`` evaluations without improvement stop the run.
+
+Through an operator A (m -> k, ``conejax.operators``) the samples are observations v = A u
+(B, k) and D_k(v)^2 = ||v - A W_k h_k(v)||^2 is the misfit of v on cone(A W_k), the
+distance of ``conejax.distance(cones, V, A=A)``, differentiated with respect to W: the atoms
+stay in the signal space (m), non-negative and unit-norm, and only their images A W_k are
+seen, so cones trained on one resolution or dataset adapt to observations of another.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import optax
 from jax import lax
 from tqdm import tqdm
 
-from conejax import _checks, _cone, _nnls
+from conejax import _checks, _cone, _nnls, operators
 
 _HIGHEST = lax.Precision.HIGHEST
 OBJECTIVES = ("cross_entropy", "adversarial")
@@ -67,8 +73,18 @@ class FinetuneResult(NamedTuple):
   seconds: float
 
 
-def squared_distances(W, X, mu_h, *, solver, differentiation: str = "implicit") -> jax.Array:
-  """D_k(x)^2 of every row of X (B, m) to every cone of W (K, m, d): (B, K), differentiable."""
+def squared_distances(W, X, mu_h, *, solver, differentiation: str = "implicit", A=None,
+                      classes=(), settings=()) -> jax.Array:
+  """D_k(x)^2 of every row of X (B, m) to every cone of W (K, m, d): (B, K), differentiable.
+
+  With an operator A, X holds observations (B, k) and D_k^2 is the squared distance of
+  ``conejax.distance(cones, X, A=A)`` (the misfit on cone(A W_k)); ``classes`` and
+  ``settings`` are then those of the cones (the loss they code under).
+  """
+  if A is not None:
+    cones = _cone.Cones(W, mu_h, classes, settings)
+    return _cone.distance(cones, X, A=A, solver=solver, differentiation=differentiation,
+                          batch_size=max(X.shape[0], 1)) ** 2
   H0 = jnp.zeros(X.shape[:1] + W.shape[:1] + W.shape[-1:], X.dtype)
   H = _nnls.solve_dictionary(W, X, mu_h, H0, solver=solver, batch_size=X.shape[0],
                              differentiation=differentiation, penalty="absolute").h
@@ -86,6 +102,24 @@ def adversarial_loss(D2, labels, tau):
   own = jax.nn.one_hot(labels, D2.shape[1], dtype=D2.dtype)
   mean = lambda weights: jnp.sum(weights * D2, 0) / jnp.maximum(jnp.sum(weights, 0), 1)
   return jnp.sum(mean(own) - tau * mean(1 - own))
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "options", "meta"))
+def _loss_and_grad(W, X, labels, mu_h, weight, A, *, objective, options, meta):
+  """The objective on one batch (weight: the temperature or tau) and its gradient in W.
+
+  At module level, so that every ``finetune`` call on the same shapes and settings reuses
+  one compiled program (compiling the differentiated codes takes most of a short run).
+  """
+  through = {} if A is None else dict(A=A, classes=meta[0], settings=meta[1])
+
+  def loss(W):
+    D2 = squared_distances(W, X, mu_h, **dict(options), **through)
+    if objective == "cross_entropy":
+      return cross_entropy_loss(D2, labels, weight)
+    return adversarial_loss(D2, labels, weight)
+
+  return jax.value_and_grad(loss)(W)
 
 
 def random_shift(key: jax.Array, X: jax.Array, image_shape: tuple[int, int], *,
@@ -149,10 +183,49 @@ def _label_indices(cones, y, n):
   return np.array([lookup[label] for label in y.tolist()], np.int32)
 
 
-def _split(key, cones, X, labels, validation):
+def _check_operator(cones, A, per_sample_operator):
+  """A must be one ``conejax.operators`` operator from the atoms' size m; returns its k."""
+  if per_sample_operator:
+    raise ValueError("finetune takes one operator A shared by all samples; "
+                     "per_sample_operator=True is not supported (per-sample codes are "
+                     "solved matrix-free and differentiate only by unrolling). Group the "
+                     "samples by operator, or fine-tune on one shared A.")
+  if not isinstance(A, operators.LinearOperator):
+    raise ValueError(f"A must be a conejax.operators operator; got {type(A).__name__}. "
+                     "Wrap a dense matrix with operators.matrix(M).")
+  m = cones.W.shape[1]
+  if A.in_size != m:
+    raise ValueError(f"A maps signals of size {A.in_size}, but the cones' atoms have size "
+                     f"{m}; A must map the cones' signals (m,) to the observations (k,).")
+  try:
+    out = jax.eval_shape(A.mv, jax.ShapeDtypeStruct((m,), cones.W.dtype)).shape
+  except Exception:  # a batch of operators cannot apply to a single signal
+    out = None
+  if out != (A.out_size,):
+    raise ValueError("A must be one operator shared by all samples (A.mv maps a signal "
+                     f"({m},) to ({A.out_size},)); finetune does not take per-sample "
+                     "operators.")
+  return A.out_size
+
+
+def _check_data(cones, X, A, name):
+  """X as an (N, m) array of samples, or (N, k) observations of A, in the cones' dtype."""
+  if A is None:
+    X = _cone._check_samples(cones, X)
+    _checks.check_ndim(X, name, (2,), "(N, m), samples as rows")
+    return X
+  X = _checks.as_float_array(X, name)
+  if X.ndim != 2 or X.shape[1] != A.out_size:
+    raise ValueError(f"{name} must hold observations v = A u as rows, shape (N, "
+                     f"{A.out_size}) (A's output size); got {tuple(X.shape)}.")
+  _checks.check_finite(X, name)
+  return X.astype(cones.W.dtype)
+
+
+def _split(key, cones, X, labels, validation, A=None):
   """(X_train, labels_train, X_val, labels_val) from a fraction or an explicit pair."""
   if isinstance(validation, tuple) and len(validation) == 2:
-    X_val = _cone._check_samples(cones, validation[0])
+    X_val = _check_data(cones, validation[0], A, "validation[0]")
     return X, labels, X_val, _label_indices(cones, validation[1], X_val.shape[0])
   if isinstance(validation, tuple) or not 0 < validation < 1:
     raise ValueError(f"validation must be a fraction in (0, 1) or a pair (X_val, y_val); "
@@ -171,12 +244,20 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
              max_iter: int | None = None, tol: float | None = None,
              differentiation: str = "implicit",
              augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+             A=None, per_sample_operator: bool = False,
              progress: bool = True) -> FinetuneResult:
   """Fine-tunes all class dictionaries at once with an optax optimiser.
 
+  With an operator ``A`` the training samples are observations v = A u and the distances
+  are those of ``conejax.distance(cones, V, A=A)``: D_k(v)^2 = ||v - A W_k h_k||^2 with
+  h_k = argmin_{h >= 0} 0.5 ||A W_k h - v||^2 + mu_h sum(h), differentiated with respect
+  to W through the NNLS on the Gram matrix of A W_k (implicitly, or by unrolling). The
+  atoms stay in the signal space (m,), W >= 0 with unit-norm atoms; the validation split
+  and the default score are observations through the same A.
+
   Args:
     cones: starting ``Cones`` (K, m, d), e.g. from ``fit_cones``.
-    X: (N, m) training samples, rows.
+    X: (N, m) training samples, rows; with A, (N, k) observations A u.
     y: (N,) labels, each one of ``cones.classes``.
     optimizer: any ``optax.GradientTransformation``, e.g. ``optax.adam(1e-3)``.
     steps: optimiser steps, each on ``batch_size`` samples drawn without replacement
@@ -186,18 +267,25 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     temperature: of softmax(-D^2 / temperature) in the cross entropy.
     tau: weight of the other classes' distances in the adversarial objective.
     batch_size: samples per step.
-    validation: fraction of (X, y) held out, or an explicit pair (X_val, y_val).
+    validation: fraction of (X, y) held out, or an explicit pair (X_val, y_val) (with A,
+      X_val holds observations through the same A).
     eval_every: steps between evaluations on the validation split.
     patience: stop after this many evaluations without a better score; None runs all steps.
     score: callable cones -> float, higher is better, that selects the cones to return;
-      None uses the validation accuracy of ``predict``.
+      None uses the validation accuracy of ``predict`` (through A when one is given).
     solver, max_iter, tol: the NNLS solver of every step's codes, as in ``conejax.nnls``
       ("auto": exact codes, so the implicit gradient is the exact one).
     differentiation: "implicit" or "unroll" (``max_iter`` APG steps), as in
       ``conejax.nnls``.
     augment: optional jit-compatible ``augment(key, X_batch) -> X_batch`` applied to each
       training batch (B, m) with a fresh key per step, e.g. ``random_shift``; it must keep
-      the shape and non-negativity. The validation split is never augmented.
+      the shape and non-negativity. The validation split is never augmented. With A it
+      transforms the observations (B, k).
+    A: None (the samples themselves) or one ``conejax.operators`` operator from the cones'
+      signals (m,) to the observations (k,), shared by every sample, e.g.
+      ``operators.downsample(2, (28, 28))`` or a ``resize`` to another dataset's resolution.
+    per_sample_operator: must be False: one operator per sample is not supported here
+      (``distance`` takes them; their codes differentiate only by unrolling).
     progress: show a tqdm progress bar.
 
   Returns:
@@ -206,7 +294,20 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
 
   Raises:
     ValueError: on labels without a cone, a bad validation split, non-positive
-      temperature, tau < 0, bad sizes and options, or cones of a beta-divergence.
+      temperature, tau < 0, bad sizes and options, cones of a beta-divergence, or an
+      operator A that is not one ``conejax.operators`` operator from (m,) to X's (k,).
+
+  Example:
+    >>> import jax, numpy as np, optax, conejax
+    >>> from conejax import operators
+    >>> rng = np.random.default_rng(0)
+    >>> cones = conejax.make_cones(rng.random((2, 16, 2)))      # 4 x 4 signals, 2 classes
+    >>> A = operators.downsample(2, (4, 4))                    # seen as 2 x 2 observations
+    >>> V, y = rng.random((40, 4)), rng.integers(0, 2, 40)
+    >>> out = conejax.finetune(cones, V, y, optax.adam(1e-2), steps=5, key=jax.random.key(0),
+    ...                        batch_size=8, A=A, progress=False)
+    >>> out.cones.W.shape                                      # atoms stay 4 x 4
+    (2, 16, 2)
   """
   _checks.require_concrete("finetune", "Fine-tune outside jit; write your own jitted step "
                            "from conejax's losses if you need one.", X=X, y=y, W=cones.W)
@@ -221,17 +322,20 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   steps = _checks.check_positive_int(steps, "steps")
   batch_size = _checks.check_positive_int(batch_size, "batch_size")
   eval_every = _checks.check_positive_int(eval_every, "eval_every")
+  # Through A, "auto" weighs the atoms against A's k observations (as ``distance`` does).
+  n_features = (None if A is None and not per_sample_operator
+                else _check_operator(cones, A, per_sample_operator))
   solver, _ = _nnls.check_options(solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
-                                  differentiation=differentiation, n_atoms=cones.W.shape[-1])
+                                  differentiation=differentiation, n_atoms=cones.W.shape[-1],
+                                  n_features=n_features)
   if not float(temperature) > 0:
     raise ValueError(f"temperature must be > 0; got {temperature}.")
   tau = float(_checks.check_penalty(tau, "tau"))
-  X = _cone._check_samples(cones, X)
-  _checks.check_ndim(X, "X", (2,), "(N, m), samples as rows")
+  X = _check_data(cones, X, A, "X")
   labels = _label_indices(cones, y, X.shape[0])
   split_key, batch_key = jax.random.split(key)
   augment_key = jax.random.fold_in(split_key, 1)
-  X, labels, X_val, labels_val = _split(split_key, cones, X, labels, validation)
+  X, labels, X_val, labels_val = _split(split_key, cones, X, labels, validation, A)
   labels = jnp.asarray(labels)
   if X.shape[0] < batch_size:
     raise ValueError(f"batch_size {batch_size} exceeds the {X.shape[0]} training samples "
@@ -240,21 +344,27 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
     _check_augment(augment, augment_key, X[:batch_size])
   options = dict(solver=solver, differentiation=differentiation)
   if objective == "cross_entropy":
-    loss_fn = functools.partial(cross_entropy_loss,
-                                temperature=jnp.asarray(temperature, X.dtype))
+    weight = jnp.asarray(temperature, X.dtype)
+    loss_fn = functools.partial(cross_entropy_loss, temperature=weight)
   else:
+    weight = jnp.asarray(tau, X.dtype)
     loss_fn = functools.partial(adversarial_loss, tau=tau)
-
-  def batch_loss(W, X_batch, labels_batch):
-    return loss_fn(squared_distances(W, X_batch, cones.mu_h, **options), labels_batch)
+  static = dict(objective=objective, options=tuple(sorted(options.items())),
+                meta=None if A is None else (cones.classes, cones.settings))
 
   @jax.jit
-  def train_step(W, opt_state, X, labels, index, step):
-    X_batch = X[index] if augment is None else augment(
-        jax.random.fold_in(augment_key, step), X[index])
-    loss, grad = jax.value_and_grad(batch_loss)(W, X_batch, labels[index])
+  def augmented(X_batch, step):
+    return augment(jax.random.fold_in(augment_key, step), X_batch)
+
+  @jax.jit
+  def apply_step(W, opt_state, grad):
     updates, opt_state = optimizer.update(grad, opt_state, W)
-    return project_dictionaries(optax.apply_updates(W, updates)), opt_state, loss
+    return project_dictionaries(optax.apply_updates(W, updates)), opt_state
+
+  def train_step(W, opt_state, X, labels, index, step):
+    X_batch = X[index] if augment is None else augmented(X[index], step)
+    loss, grad = _loss_and_grad(W, X_batch, labels[index], cones.mu_h, weight, A, **static)
+    return (*apply_step(W, opt_state, grad), loss)
 
   def evaluate(W, step):
     if not np.all(np.isfinite(np.asarray(W))):
@@ -262,7 +372,7 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
                        "(the optimiser's update was not finite); lower the learning rate and "
                        "check that it is a finite number.")
     tuned = _cone.Cones(W, cones.mu_h, cones.classes, cones.settings)
-    D2 = _cone.distance(tuned, X_val, solver=solver) ** 2
+    D2 = _cone.distance(tuned, X_val, A=A, solver=solver) ** 2
     val_loss = float(loss_fn(D2, labels_val))
     if score is not None:
       return val_loss, float(score(tuned))

@@ -3,6 +3,8 @@
     python experiments/reuse.py --quick    # embedded MNIST subset, small sizes (main job)
     python experiments/reuse.py            # full: ../shared/data/mnist.npz (--data PATH)
     python experiments/reuse.py --tables   # re-render results/reuse.md and docs/reuse.md
+    python experiments/reuse.py --only digits          # rerun the load_digits part alone
+    python experiments/reuse.py --only digits --tune   # its fine-tuning settings' grid
 
 Cones trained once on clean MNIST serve tasks they were never trained for (issue 17):
 
@@ -12,10 +14,11 @@ Cones trained once on clean MNIST serve tasks they were never trained for (issue
    regression (scikit-learn) on the naive inverse (bicubic upsampling, zero fill, the
    blurred image, minimum-norm least squares) and against cones retrained on degraded data;
 2. transfer to scikit-learn's 8 x 8 ``load_digits`` through ``operators.resize`` of the
-   central 20 x 20 MNIST box: zero-shot, few-shot (1..20 labelled digits per class over
-   several draws: the transferred cones with the labelled digits added as atoms, or refined
-   by warm-started NMF on them, against cones from scratch, logistic regression and an SVC)
-   and all training digits;
+   central 20 x 20 MNIST box (experiments/reuse_digits.py): zero-shot, few-shot (1..20
+   labelled digits per class over several draws: the transferred cones with the labelled
+   digits added as atoms, refined by warm-started NMF on them, or fine-tuned through A by
+   ``conejax.finetune(..., A=A)``, against cones from scratch, logistic regression and an
+   SVC) and all training digits;
 3. calibration: ``conejax.calibrate`` on a validation split, expected calibration error
    (15 bins) and a reliability diagram beside the MLP's;
 4. uncertainty: ``reconstruct(..., select="posterior")`` on 80% missing pixels and 4x
@@ -25,7 +28,9 @@ Cones trained once on clean MNIST serve tasks they were never trained for (issue
 
 scikit-learn runs in a subprocess whose environment drops OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE (as experiments/bench_nnls.py does). Writes results/reuse.{json,md} and
-PNGs (results/reuse_quick.* with --quick) and the tables of docs/reuse.md.
+PNGs (results/reuse_quick.* with --quick) and the tables of docs/reuse.md; ``--only digits``
+replaces the digits part (and the targets) of results/reuse.json and re-renders the tables,
+``--tune`` writes results/reuse_digits_tuning.json.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ import conejax
 from conejax import operators
 from conejax.data import load_mnist
 
+import reuse_digits  # noqa: E402  (experiments/ is the script's own folder)
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHAPE, M = (28, 28), 784
@@ -61,7 +68,8 @@ SIZES = {
                  draws=10, shots=(1, 2, 5, 10, 20), mlp_iter=200,
                  tasks=("pool2", "pool4", "missing50", "missing80", "blur", "sensing100",
                         "sensing200"), retrain=True, uncertainty=("missing80", "pool4"),
-                 digits_methods=("exemplars", "warm_nmf", "scratch"), all_digits=True,
+                 digits_methods=("exemplars", "warm_nmf", "finetune", "scratch"),
+                 all_digits=True,
                  calibration_on_all_test=True),
     "quick": dict(n_train=2000, n_val=200, n_test=200, rank=16, n_retrain=0,
                   draws=3, shots=(5,), mlp_iter=20, tasks=("pool4",), retrain=False,
@@ -133,15 +141,17 @@ def peer_main(in_path, out_path):
   """Subprocess side: the MNIST MLP and logistic regression, and the digits' LR and SVC."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.neural_network import MLPClassifier
-  from sklearn.svm import SVC
   import warnings
   warnings.filterwarnings("ignore")
   out = {}
   with np.load(in_path, allow_pickle=False) as job:
-    x, y = job["x_train"], job["y_train"]
-    for name, make in [("mlp", lambda: MLPClassifier((256,), max_iter=int(job["mlp_iter"]),
-                                                     random_state=0)),
-                       ("logistic", lambda: LogisticRegression(max_iter=1000))]:
+    mnist_peers = [("mlp", lambda: MLPClassifier((256,), max_iter=int(job["mlp_iter"]),
+                                                 random_state=0)),
+                   ("logistic", lambda: LogisticRegression(max_iter=1000))]
+    if "x_train" not in job.files:   # --only digits
+      mnist_peers = []
+    x, y = (job["x_train"], job["y_train"]) if mnist_peers else (None, None)
+    for name, make in mnist_peers:
       start = time.perf_counter()
       model = make().fit(x, y)
       out[f"{name}_seconds"] = time.perf_counter() - start
@@ -149,15 +159,7 @@ def peer_main(in_path, out_path):
         if key.startswith("test_"):
           out[f"{name}_pred_{key[5:]}"] = model.predict(job[key])
       out[f"{name}_proba_calibration"] = model.predict_proba(job["calibration_test"])
-    for i in range(int(job["n_digits"])):
-      xs, ys = job[f"digits_x_{i}"], job[f"digits_y_{i}"]
-      for name, make in [("logistic", lambda: LogisticRegression(max_iter=1000)),
-                         ("svc", lambda: SVC())]:
-        start = time.perf_counter()
-        model = make().fit(xs, ys)
-        out[f"digits_{name}_seconds_{i}"] = time.perf_counter() - start
-        out[f"digits_{name}_acc_{i}"] = float(np.mean(model.predict(job["digits_test"]) ==
-                                                      job["digits_test_y"]))
+    reuse_digits.peer_part(job, out)
   out["cpu_seconds"] = time.process_time()
   np.savez(out_path, **out)
 
@@ -242,76 +244,6 @@ def degraded_mnist(ctx, cones, data, rng, measure=True):
   return rows, naive
 
 
-def transfer_digits(ctx, cones, measure=True):
-  """Zero-shot and few-shot transfer of the MNIST cones to load_digits through resize."""
-  from sklearn.datasets import load_digits
-  size = ctx["size"]
-  X, y = load_digits(return_X_y=True)
-  X = (X / 16.0).astype(np.float32)
-  rng = np.random.default_rng(0)
-  order = rng.permutation(len(y))
-  pool, test = order[: len(y) // 2], order[len(y) // 2:]
-  crop = np.arange(M).reshape(SHAPE)[4:24, 4:24].reshape(-1)
-  A = operators.resize((20, 20), (8, 8)) @ operators.subsample(crop, M)
-  A_full = operators.resize(SHAPE, (8, 8))
-  rows = [dict(method="transfer zero-shot (central 20x20 box -> 8x8)", shots=0,
-               accuracy=float(conejax.score(cones, X[test], y[test], A=A)), seconds=0.0)]
-  if size["all_digits"]:
-    rows.append(dict(method="transfer zero-shot (whole 28x28 -> 8x8)", shots=0, seconds=0.0,
-                     accuracy=float(conejax.score(cones, X[test], y[test], A=A_full))))
-  seen = jax.vmap(lambda W: operators.apply_to_dictionary(A, W))(cones.W)   # (K, 64, d)
-  seen = np.asarray(seen / jnp.linalg.norm(seen, axis=1, keepdims=True))
-  peers = {}
-
-  def exemplars(Xs, ys):
-    """The transferred atoms of each class with its labelled digits added as atoms."""
-    n = min(np.sum(ys == k) for k in range(10))
-    extra = np.stack([Xs[ys == k][:n].T for k in range(10)])
-    extra = extra / np.maximum(np.linalg.norm(extra, axis=1, keepdims=True), 1e-12)
-    return conejax.make_cones(np.concatenate([seen, extra], axis=2), cones.mu_h)
-
-  def warm_nmf(Xs, ys):
-    """Each transferred cone refined by 20 multiplicative updates on its labelled digits."""
-    W = []
-    for k in range(10):
-      U = Xs[ys == k]
-      H0 = np.asarray(conejax.codes(conejax.make_cones(seen[k]), U))[:, 0]
-      fit = conejax.nmf(U, seen.shape[2], key=jax.random.key(k), init=(seen[k], H0),
-                        method="mu", max_iter=20, tol=0.0, unit_atoms=True)
-      W.append(np.asarray(fit.W))
-    return conejax.make_cones(np.stack(W), cones.mu_h)
-
-  def scratch(Xs, ys):
-    n = min(np.sum(ys == k) for k in range(10))
-    return conejax.fit_cones(Xs, ys, min(n, 32), key=jax.random.key(2))
-
-  methods = {"transfer + labelled digits as atoms": exemplars,
-             "transfer + warm-started NMF (20 MU)": warm_nmf,
-             "cones from scratch": scratch}
-  methods = {name: fn for name, fn in methods.items()
-             if fn.__name__ in size["digits_methods"] and measure}
-  draws = [(n, d) for n in size["shots"] for d in range(size["draws"])]
-  draws += [("all", 0)] if size["all_digits"] else []
-  picks = []
-  for n, d in tqdm(draws, desc="digits few-shot", leave=False):
-    if d == 0:
-      jax.clear_caches()   # each shot count compiles its own programs: keep memory bounded
-    if n == "all":
-      pick = pool
-    else:
-      r = np.random.default_rng(100 + d)
-      pick = np.concatenate([r.choice(pool[y[pool] == k], n, replace=False) for k in range(10)])
-    picks.append(pick)
-    for name, fn in methods.items():
-      fitted, seconds = timed(lambda: fn(X[pick], y[pick]))
-      rows.append(dict(method=name, shots=n, draw=d, seconds=seconds,
-                       accuracy=float(conejax.score(fitted, X[test], y[test]))))
-  for i, pick in enumerate(picks):
-    peers[f"digits_x_{i}"], peers[f"digits_y_{i}"] = X[pick], y[pick]
-  peers.update(n_digits=len(picks), digits_test=X[test], digits_test_y=y[test])
-  return rows, peers, draws
-
-
 def calibration(cones, x_val, y_val, x_test, y_test):
   T, seconds = timed(lambda: conejax.calibrate(cones, x_val, y_val))
   out = dict(temperature=float(T), seconds=seconds)
@@ -394,6 +326,13 @@ def figures(result, maps, prefix):
     fig.tight_layout()
     fig.savefig(f"{prefix}_uncertainty_{task}.png", dpi=110)
     plt.close(fig)
+  fewshot_figure(result, prefix)
+
+
+def fewshot_figure(result, prefix):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
   shots = [r for r in result["digits"]["summary"] if r["shots"] not in (0, "all")]
   if shots:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -507,25 +446,11 @@ def write_docs(result, path=ROOT / "docs" / "reuse.md"):
 # ----------------------------------------------------------------------------- main
 
 
-def summarise(rows, peers_out, draws):
-  """Mean and spread per (method, shots) of the digits rows and the scikit-learn peers."""
-  for i, (n, d) in enumerate(draws):
-    for name in ("logistic", "svc"):
-      rows.append(dict(method=name, shots=n, draw=d,
-                       seconds=float(peers_out[f"digits_{name}_seconds_{i}"]),
-                       accuracy=float(peers_out[f"digits_{name}_acc_{i}"])))
-  summary = []
-  for key in dict.fromkeys((r["method"], r["shots"]) for r in rows):
-    acc = [r["accuracy"] for r in rows if (r["method"], r["shots"]) == key]
-    sec = [r["seconds"] for r in rows if (r["method"], r["shots"]) == key]
-    summary.append(dict(method=key[0], shots=key[1], mean=float(np.mean(acc)),
-                        std=float(np.std(acc)), draws=len(acc), seconds=float(np.mean(sec))))
-  return summary
-
-
-def run(mode, data_path, out_dir, resume=False):
+def mnist(mode, data_path):
+  """The splits of ``run`` and the cones fitted on its training digits: the generator (its
+  later draws degrade the test digits), (train, test) data, validation, calibration test,
+  cones and their fitting seconds."""
   size = SIZES[mode]
-  ctx = dict(size=size)
   x_train, y_train, x_test, y_test = load_mnist(None if mode == "quick" else data_path)
   rng = np.random.default_rng(0)
   perm = rng.permutation(len(y_train))
@@ -537,10 +462,50 @@ def run(mode, data_path, out_dir, resume=False):
   x_cal, y_cal = (x_test, y_test) if size["calibration_on_all_test"] else (x_test[test],
                                                                           y_test[test])
   x_train, y_train, x_test, y_test = x_train[train], y_train[train], x_test[test], y_test[test]
-  data = (x_train, y_train, x_test, y_test)
-  start, cpu = time.perf_counter(), time.process_time()
   cones, fit_s = timed(lambda: conejax.fit_cones(x_train, y_train, size["rank"],
                                                  key=jax.random.key(0)))
+  return rng, (x_train, y_train, x_test, y_test), (x_val, y_val), (x_cal, y_cal), cones, fit_s
+
+
+def run_digits(data_path, out_dir, tune=False):
+  """The load_digits part alone, with the full form's MNIST cones: replaces ``digits`` and
+  ``targets`` in out_dir/reuse.json and re-renders the tables (``tune``: the settings' grid,
+  to out_dir/reuse_digits_tuning.json, instead)."""
+  start = time.perf_counter()
+  cones = mnist("full", data_path)[4]
+  if tune:
+    rows = reuse_digits.tune(cones)
+    best = max((r for r in rows if r["method"] == reuse_digits.FT), key=lambda r: r["mean"])
+    names = ("learning_rate", "temperature", "max_shift", "steps")
+    out = dict(grid=reuse_digits.TUNE_GRID, best={k: best[k] for k in names}, rows=rows,
+               seconds=time.perf_counter() - start)
+    (out_dir / "reuse_digits_tuning.json").write_text(json.dumps(out, indent=1))
+    print(f"best {reuse_digits.FT}: {out['best']} (FINETUNE is {reuse_digits.FINETUNE})")
+    for r in sorted(rows, key=lambda r: -r["mean"])[:12]:
+      print(f"{100 * r['mean']:.1f} +- {100 * r['std']:.1f}  {r['method']}  "
+            f"{ {k: r[k] for k in names if k in r} }")
+    return print(f"tuning: {out['seconds']:.0f} s wall")
+  rows, peers, draws = reuse_digits.run(SIZES["full"], cones)
+  peers_out = run_peers(peers)
+  path = out_dir / "reuse.json"
+  result = json.loads(path.read_text())
+  result["digits"] = dict(rows=rows, summary=reuse_digits.summarise(rows, peers_out, draws),
+                          seconds=time.perf_counter() - start)
+  result["targets"] = targets(result)
+  path.write_text(json.dumps(result, indent=1, default=str))
+  (out_dir / "reuse.md").write_text(markdown(result))
+  fewshot_figure(result, out_dir / "reuse")
+  write_docs(result)
+  print(markdown(result))
+  print(f"digits part: {result['digits']['seconds']:.0f} s wall")
+
+
+def run(mode, data_path, out_dir, resume=False):
+  size = SIZES[mode]
+  ctx = dict(size=size)
+  start, cpu = time.perf_counter(), time.process_time()
+  rng, data, (x_val, y_val), (x_cal, y_cal), cones, fit_s = mnist(mode, data_path)
+  x_train, y_train, x_test, y_test = data
   result = dict(mode=mode, config=dict(size, n_train=len(y_train)), fit_seconds=fit_s)
   clean = float(conejax.score(cones, x_test, y_test))
   prefix = out_dir / ("reuse_quick" if mode == "quick" else "reuse")
@@ -558,7 +523,7 @@ def run(mode, data_path, out_dir, resume=False):
   degraded, naive = degraded_mnist(ctx, cones, data, rng, measure="degraded" not in done)
   checkpoint("degraded", done.get("degraded", degraded))
   degraded = result["degraded"]
-  digits_rows, peers, draws = transfer_digits(ctx, cones, measure="digits" not in done)
+  digits_rows, peers, draws = reuse_digits.run(size, cones, measure="digits" not in done)
   checkpoint("digits", done.get("digits", dict(rows=digits_rows)))
   digits_rows = result["digits"]["rows"]
   if "calibration" not in done:
@@ -585,7 +550,8 @@ def run(mode, data_path, out_dir, resume=False):
   e, curve = ece(p_mlp, y_cal)
   result["calibration"]["mlp"] = dict(ece=e, nll=nll(p_mlp, y_cal), curve=curve,
                                       accuracy=float(np.mean(p_mlp.argmax(1) == y_cal)))
-  result["digits"] = dict(rows=digits_rows, summary=summarise(digits_rows, peers_out, draws))
+  result["digits"] = dict(rows=digits_rows,
+                          summary=reuse_digits.summarise(digits_rows, peers_out, draws))
   result["targets"] = targets(result)
   result["seconds"] = time.perf_counter() - start
   result["cpu_seconds_main_process"] = time.process_time() - cpu
@@ -611,10 +577,18 @@ def main(argv=None):
                       help="re-render the markdown of the existing results/reuse.json")
   parser.add_argument("--resume", action="store_true",
                       help="keep the parts measured in <prefix>.partial.json, run the rest")
+  parser.add_argument("--only", choices=("digits",),
+                      help="rerun only this part of the full form, into the existing JSON")
+  parser.add_argument("--tune", action="store_true",
+                      help="with --only digits: the fine-tuning settings' grid")
   parser.add_argument("--peer", nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.peer:
     return peer_main(*args.peer)
+  if args.only or args.tune:
+    if args.only != "digits" or args.quick or args.resume:
+      parser.error("--tune goes with --only digits, which reruns the full form's digits part")
+    return run_digits(args.data, pathlib.Path(args.out), tune=args.tune)
   if args.tables:
     result = json.loads((pathlib.Path(args.out) / "reuse.json").read_text())
     (pathlib.Path(args.out) / "reuse.md").write_text(markdown(result))

@@ -32,6 +32,19 @@ def mnist_test(n: int, dtype=np.float32):
   return (x[:n].reshape(n, -1) / 255.0).astype(dtype)
 
 
+def two_classes(seed=0, n=60, m=10, d=2):
+  """Fine-tuning problem: class k lives in the cone of its own non-negative atoms, plus
+  noise; returns poor, random cones with unit atoms, X (n, m), y (n,) and the generator."""
+  import conejax
+  rng = np.random.default_rng(seed)
+  atoms = rng.random((2, m, d)) ** 3
+  y = np.repeat([0, 1], n // 2)
+  X = np.einsum("nd,nmd->nm", rng.random((n, d)), atoms[y]) + 0.05 * rng.random((n, m))
+  start = np.abs(rng.standard_normal((2, m, d)))
+  start = conejax.make_cones(start / np.linalg.norm(start, axis=1, keepdims=True))
+  return start, X, y, rng
+
+
 def random_problem(seed: int, m: int, d: int, n: int, dtype=np.float64):
   """A non-negative dictionary (m, d) and samples (n, m) of mixed sign."""
   rng = np.random.default_rng(seed)

@@ -10,20 +10,10 @@ import pytest
 
 import conejax
 from conejax import _finetune, solvers
+from helpers import two_classes as _two_classes
 
 # The solver finetune builds from solver="auto", tol=1e-12, max_iter=5000 (exact codes).
 EXACT = solvers.resolve("auto", max_iter=5000, tol=1e-12)
-
-
-def _two_classes(seed=0, n=60, m=10, d=2):
-  """Class k lives in the cone of its own non-negative atoms, plus noise."""
-  rng = np.random.default_rng(seed)
-  atoms = rng.random((2, m, d)) ** 3
-  y = np.repeat([0, 1], n // 2)
-  X = np.einsum("nd,nmd->nm", rng.random((n, d)), atoms[y]) + 0.05 * rng.random((n, m))
-  start = np.abs(rng.standard_normal((2, m, d)))  # poor, random cones with unit atoms
-  start = conejax.make_cones(start / np.linalg.norm(start, axis=1, keepdims=True))
-  return start, X, y, rng
 
 
 def test_squared_distances_equal_those_of_distance():
