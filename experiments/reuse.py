@@ -474,17 +474,9 @@ def run_digits(data_path, out_dir, tune=False):
   start = time.perf_counter()
   cones = mnist("full", data_path)[4]
   if tune:
-    rows = reuse_digits.tune(cones)
-    best = max((r for r in rows if r["method"] == reuse_digits.FT), key=lambda r: r["mean"])
-    names = ("learning_rate", "temperature", "max_shift", "steps")
-    out = dict(grid=reuse_digits.TUNE_GRID, best={k: best[k] for k in names}, rows=rows,
-               seconds=time.perf_counter() - start)
+    out = reuse_digits.tune(cones)
     (out_dir / "reuse_digits_tuning.json").write_text(json.dumps(out, indent=1))
-    print(f"best {reuse_digits.FT}: {out['best']} (FINETUNE is {reuse_digits.FINETUNE})")
-    for r in sorted(rows, key=lambda r: -r["mean"])[:12]:
-      print(f"{100 * r['mean']:.1f} +- {100 * r['std']:.1f}  {r['method']}  "
-            f"{ {k: r[k] for k in names if k in r} }")
-    return print(f"tuning: {out['seconds']:.0f} s wall")
+    return print(reuse_digits.tune_summary(out))
   rows, peers, draws = reuse_digits.run(SIZES["full"], cones)
   peers_out = run_peers(peers)
   path = out_dir / "reuse.json"

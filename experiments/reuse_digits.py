@@ -201,7 +201,9 @@ def summarise(rows, peers_out, draws):
 
 def tune(cones, grid=TUNE_GRID):
   """The fine-tuning grid on separate draws (seeds 900..), scored on the training half's
-  other digits (never the test half): list of dict(settings, method, accuracy per draw)."""
+  other digits (never the test half): dict(grid, best (the settings of the best "finetune
+  through A" row), rows (settings, method, accuracy per draw, mean, std), seconds)."""
+  start = time.perf_counter()
   X, y, pool, _ = load()
   A = operator()
   scores = {}
@@ -228,5 +230,18 @@ def tune(cones, grid=TUNE_GRID):
       finetune(cones, A, Xs, ys, learning_rate=lr, temperature=T, max_shift=shift,
                steps=max(grid["steps"]), score=record, eval_every=grid["steps"][0])
   names = ("learning_rate", "temperature", "max_shift", "steps")
-  return [dict(method=NAMES[name], **dict(zip(names, key)), mean=float(np.mean(v)),
+  rows = [dict(method=NAMES[name], **dict(zip(names, key)), mean=float(np.mean(v)),
                std=float(np.std(v)), accuracy=v) for (name, key), v in scores.items()]
+  best = max((r for r in rows if r["method"] == FT), key=lambda r: r["mean"])
+  return dict(grid=grid, best={k: best[k] for k in names}, rows=rows,
+              seconds=time.perf_counter() - start)
+
+
+def tune_summary(out, n=12):
+  """The best rows of ``tune``'s output, as text."""
+  names = ("learning_rate", "temperature", "max_shift", "steps")
+  lines = [f"best {FT}: {out['best']} (FINETUNE is {FINETUNE}); {out['seconds']:.0f} s"]
+  lines += [f"{100 * r['mean']:.1f} +- {100 * r['std']:.1f}  {r['method']}  "
+            f"{ {k: r[k] for k in names if k in r} }"
+            for r in sorted(out["rows"], key=lambda r: -r["mean"])[:n]]
+  return "\n".join(lines)
