@@ -212,7 +212,9 @@ def fit_cones(X, y, rank: int | dict, *, key: jax.Array, mu_w=0.0, mu_h=0.0, met
   return make_cones(W, mu_h, fit.classes, settings)
 
 
-def _check_samples(cones: Cones, X):
+def check_samples(cones: Cones, X):
+  """X (..., m) as the cones' functions take it: a finite float array of the cones' width m
+  and dtype (ValueError naming X otherwise); shared by fine-tuning and the sharded calls."""
   X = _checks.as_float_array(X, "X")
   if X.ndim < 1 or X.shape[-1] != cones.W.shape[1]:
     raise ValueError(f"X must have shape (..., m) with m = {cones.W.shape[1]}; got "
@@ -223,13 +225,13 @@ def _check_samples(cones: Cones, X):
 
 
 def _check_entries(cones: Cones, X, weights, missing, beta, name="X"):
-  """X as ``_check_samples`` checks it, with its entry weights checked as ``conejax.nmf``
+  """X as ``check_samples`` checks it, with its entry weights checked as ``conejax.nmf``
   checks them (missing entries of X at 0): X and the weights (None: every entry observed)."""
   if weights is None and missing is None:
-    return _check_samples(cones, X), None
+    return check_samples(cones, X), None
   X, _, weights = _nmf_checks.check_loss(_checks.as_float_array(X, name), beta, weights,
                                          missing, name=name)
-  X = _check_samples(cones, X)
+  X = check_samples(cones, X)
   return X, weights.astype(X.dtype)
 
 

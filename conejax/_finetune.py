@@ -211,7 +211,7 @@ def _check_operator(cones, A, per_sample_operator):
 def _check_data(cones, X, A, name):
   """X as an (N, m) array of samples, or (N, k) observations of A, in the cones' dtype."""
   if A is None:
-    X = _cone._check_samples(cones, X)
+    X = _cone.check_samples(cones, X)
     _checks.check_ndim(X, name, (2,), "(N, m), samples as rows")
     return X
   X = _checks.as_float_array(X, name)

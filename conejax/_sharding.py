@@ -306,7 +306,7 @@ def distance_sharded(cones: _cone.Cones, X, mesh: Mesh, **options) -> jax.Array:
     ValueError: on X not (N, m), non-finite X, or a mesh without ("classes", "data") axes.
   """
   n_classes, n_data = _check_mesh(mesh)
-  X = _cone._check_samples(cones, X)
+  X = _cone.check_samples(cones, X)
   _checks.check_ndim(X, "X", (2,), "(N, m), samples as rows")
   (n, _), K = X.shape, cones.n_classes
   W = _pad_rows(cones.W, K + (-K % n_classes), "edge")
