@@ -32,9 +32,10 @@ noise c sigma gives c times the restoration of v), as in DPIR (Zhang et al. 2021
 with a strong prior and a weak data weight fill in what A loses, later ones settle at the
 noise level. The first iterate u_0 solves the data step with a tiny weight around the
 normalised convolution G (A^T v) / G (A^T A 1), G a Gaussian of std 2 pixels (for a mask:
-observed pixels kept, the rest smoothly interpolated; for pooling a smooth upsampling). The result is the last prior step z_n (``output="prior"``) or the data step after
-it (``output="data"``; with sigma = 0, alpha_k = 0 and it keeps the observed pixels of a
-mask exactly, filling the others from the prior).
+observed pixels kept, the rest smoothly interpolated; for pooling a smooth upsampling).
+The result is the last prior step z_n (``output="prior"``) or the data step after it
+(``output="data"``; with sigma = 0, alpha_k = 0 and it keeps the observed pixels of a mask
+exactly, filling the others from the prior).
 
 Uncertainty (``uncertainty=True``): the last prior step keeps every cone instead of the
 best one. Patch j's estimate on cone k is x_jk = mean(x_j) + W_k c_jk, with penalised

@@ -3,8 +3,9 @@
 Minimises 0.5 ||U - H W^T||_F^2 + mu_w |W|_1 + mu_h |H|_1 over W >= 0 (m, d) and H >= 0 (N, d)
 while seeing U (N, m), samples as rows, one chunk (N_c, m) at a time, as in Mairal et al.
 (2010). Each chunk is coded on the current dictionary by HALS sweeps from zero (cyclic
-coordinate descent on the sparse NNLS problem ``conejax.nnls(W, u, mu_h)``); the sufficient statistics A = sum U_c^T H_c (m, d) and B = sum H_c^T H_c (d, d)
-absorb the chunk after old chunks are discounted; then a few HALS sweeps on (A, B) update W.
+coordinate descent on the sparse NNLS problem ``conejax.nnls(W, u, mu_h)``); the sufficient
+statistics A = sum U_c^T H_c (m, d) and B = sum H_c^T H_c (d, d) absorb the chunk after old
+chunks are discounted; then a few HALS sweeps on (A, B) update W.
 Memory is O(N_c m + m d + d^2) whatever N is: neither U nor H is ever held whole.
 
 Coding by HALS rather than by the FISTA of ``conejax.nnls``: on a 1000 x 784 MNIST chunk with
