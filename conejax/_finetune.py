@@ -197,11 +197,7 @@ def _check_operator(cones, A, per_sample_operator):
   if A.in_size != m:
     raise ValueError(f"A maps signals of size {A.in_size}, but the cones' atoms have size "
                      f"{m}; A must map the cones' signals (m,) to the observations (k,).")
-  try:
-    out = jax.eval_shape(A.mv, jax.ShapeDtypeStruct((m,), cones.W.dtype)).shape
-  except Exception:  # a batch of operators cannot apply to a single signal
-    out = None
-  if out != (A.out_size,):
+  if not operators.is_single(A, cones.W.dtype):
     raise ValueError("A must be one operator shared by all samples (A.mv maps a signal "
                      f"({m},) to ({A.out_size},)); finetune does not take per-sample "
                      "operators.")

@@ -263,16 +263,6 @@ def _check_beta(beta, W, V, A, loss, per_sample_operator, options, weighted):
   return max_iter, tol
 
 
-def _is_single_operator(A, dtype) -> bool:
-  """Whether A, given as a batch of per-sample operators, is a single one: its ``mv``
-  maps one signal (in_size,) to (out_size,) (a batch's leaves broadcast or fail)."""
-  try:
-    out = jax.eval_shape(A.mv, jax.ShapeDtypeStruct((A.in_size,), dtype))
-  except Exception:  # a batch of operators cannot apply to a single signal
-    return False
-  return out.shape == (A.out_size,)
-
-
 def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: str = "each",
                 per_sample_operator: bool = False, max_iter: int | None = None,
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
@@ -384,7 +374,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   if V.ndim != 2 or V.shape[1] != A.out_size:
     raise ValueError(f"V must have shape (N, {A.out_size}) (A's output size), samples as rows; "
                      f"got {tuple(V.shape)}.")
-  if per_sample_operator and not single_sample and _is_single_operator(A, V.dtype):
+  if per_sample_operator and not single_sample and operators.is_single(A, V.dtype):
     raise ValueError(f"per_sample_operator=True, but A is one operator (A.mv maps a signal "
                      f"({m},) to ({A.out_size},)); pass per_sample_operator=False to apply it "
                      "to every sample, or build one per sample, e.g. "

@@ -132,6 +132,15 @@ def test_grad_is_two_adjoint_forward(name, dtype):
   np.testing.assert_allclose(out["grad"], 2 * out["ATAx"], rtol=tol, atol=tol)
 
 
+def test_is_single_tells_one_operator_from_a_batch():
+  keep = (np.random.default_rng(0).random((3, 16)) > 0.5).astype(np.float32)
+  assert ops.is_single(ops.mask(keep[0]))
+  assert ops.is_single(ops.downsample(2, (4, 4)))
+  assert not ops.is_single(jax.vmap(ops.mask)(keep))
+  assert not ops.is_single(jax.vmap(lambda k: ops.compose(ops.downsample(2, (4, 4)),
+                                                          ops.mask(k)))(keep))
+
+
 def test_mask_is_an_elementwise_product():
   x = np.random.default_rng(2).standard_normal(M)
   np.testing.assert_array_equal(ops.mask(MASK).mv(x), MASK * x)

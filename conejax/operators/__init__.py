@@ -16,6 +16,7 @@ from conejax.operators._base import apply as apply
 from conejax.operators._base import apply_to_dictionary as apply_to_dictionary
 from conejax.operators._base import compose as compose
 from conejax.operators._base import identity as identity
+from conejax.operators._base import is_single as is_single
 from conejax.operators._base import materialise as materialise
 from conejax.operators._base import matrix as matrix
 from conejax.operators._image import blur as blur

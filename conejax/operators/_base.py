@@ -261,6 +261,26 @@ def materialise(A: LinearOperator, *, dtype=None) -> jax.Array:
   return jax.vmap(A.mv, out_axes=1)(eye)
 
 
+def is_single(A: LinearOperator, dtype=jnp.float32) -> bool:
+  """Whether A is one operator, rather than a batch of per-sample operators (e.g. from
+  ``jax.vmap(operators.mask)(masks)``): its ``mv`` maps one signal (in_size,) to
+  (out_size,); a batch's leaves broadcast to another shape or fail to apply.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from conejax import operators
+    >>> operators.is_single(operators.mask(jnp.ones(4)))
+    True
+    >>> operators.is_single(jax.vmap(operators.mask)(jnp.ones((3, 4))))
+    False
+  """
+  try:
+    out = jax.eval_shape(A.mv, jax.ShapeDtypeStruct((A.in_size,), dtype))
+  except Exception:  # a batch of operators cannot apply to a single signal
+    return False
+  return out.shape == (A.out_size,)
+
+
 def apply(A: LinearOperator, U: ArrayLike) -> jax.Array:
   """Applies A to every row of U (samples are rows).
 
