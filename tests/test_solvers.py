@@ -74,9 +74,18 @@ def test_active_set_matches_positive_lasso(mu):
 
 
 # A code solved in a batch of 40 and alone, from the same right-hand side, is bitwise the
-# same for every solver: the driver freezes converged samples, and a lone row is solved as
-# two copies (XLA:CPU's matrix-vector product for one row rounds differently from a
-# batch's matrix product; float32 codes differed by up to 2e-5 before, on MNIST cones).
+# same for every solver at XLA's default flags (as users run it; the subprocess test below):
+# the driver freezes converged samples, and a lone row is solved as two copies (XLA:CPU's
+# matrix-vector product for one row rounds differently from a batch's matrix product;
+# float32 codes differed by up to 2e-5 before, on MNIST cones). The suite's quick compiler
+# flags (tests/conftest.py: the legacy loop emitters) round a batch's products differently
+# from a lone row's, so here the exact active set is held to the issue's invariance targets
+# (1e-6 relative in float32, 1e-12 in float64) and the iterative solvers, whose answers
+# then differ by their stopping tolerance, to 2e-5 in float32 (measured 5e-6).
+INVARIANCE = {np.float32: 1e-6, np.float64: 1e-12}
+ITERATIVE_INVARIANCE = {np.float32: 2e-5, np.float64: 1e-12}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
 def test_a_code_does_not_depend_on_its_batch(dtype, solver):
@@ -87,16 +96,10 @@ def test_a_code_does_not_depend_on_its_batch(dtype, solver):
                                np.float64) for c in C])
   looped = np.stack([np.asarray(conejax.nnls(W, v, 0.1, solver=solver).h) for v in V])
   whole = np.asarray(conejax.nnls(W, V, 0.1, solver=solver).h)
-  if isinstance(solver, solvers.ActiveSet) and dtype == np.float32:
-    # At the suite's XLA backend level 0 (tests/conftest.py) the float32 active set is
-    # only invariant to 1e-5 relative (measured 8e-6); at the default level it is bitwise
-    # (test_batch_invariance_at_the_default_compiler_level, in a fresh process).
-    scale = np.max(np.abs(alone), axis=1, keepdims=True)
-    assert np.max(np.abs(batch - alone) / scale) <= 1e-5
-    assert np.max(np.abs(whole - looped) / scale) <= 1e-5
-    return
-  np.testing.assert_array_equal(batch, alone)
-  np.testing.assert_array_equal(whole, looped)
+  bound = (INVARIANCE if isinstance(solver, solvers.ActiveSet) else ITERATIVE_INVARIANCE)[dtype]
+  scale = np.max(np.abs(alone), axis=1, keepdims=True)
+  assert np.max(np.abs(batch - alone) / scale) <= bound
+  assert np.max(np.abs(whole - looped) / scale) <= bound
 
 
 INVARIANCE_SCRIPT = """
@@ -106,7 +109,7 @@ jax.config.update("jax_enable_x64", True)
 rng = np.random.default_rng(4)
 for dtype in (np.float32, np.float64):
   W = rng.random((30, 12)).astype(dtype); V = rng.random((40, 30)).astype(dtype)
-  for solver in (solvers.ActiveSet(),):
+  for solver in (solvers.ActiveSet(), solvers.APG(), solvers.ADMM()):
     whole = np.asarray(conejax.nnls(W, V, 0.1, solver=solver).h)
     alone = np.stack([np.asarray(conejax.nnls(W, v, 0.1, solver=solver).h) for v in V])
     print(np.dtype(dtype).name, type(solver).__name__, np.max(np.abs(whole - alone)))
@@ -114,9 +117,8 @@ for dtype in (np.float32, np.float64):
 
 
 def test_batch_invariance_at_the_default_compiler_level():
-  """Bitwise: the active set, float32 and float64, a batch of 40 against each sample alone,
-  in a process with XLA's default flags (as users run it). At the suite's level 0 its
-  float32 answer is invariant only to 1e-5 (above); APG and ADMM are bitwise there too."""
+  """Bitwise: every solver, float32 and float64, a batch of 40 against each sample alone,
+  in a process with XLA's default flags (as users run it), not the suite's quick ones."""
   import os
   import subprocess
   import sys
@@ -124,8 +126,8 @@ def test_batch_invariance_at_the_default_compiler_level():
   run = subprocess.run([sys.executable, "-c", INVARIANCE_SCRIPT], capture_output=True,
                        text=True, env=dict(env, JAX_PLATFORMS="cpu"), timeout=300, check=False)
   assert run.returncode == 0, run.stderr[-2000:]
-  lines = run.stdout.split("\n")[-3:-1]
-  assert len(lines) == 2, run.stdout
+  lines = [line for line in run.stdout.split("\n") if line.startswith("float")]
+  assert len(lines) == 6, run.stdout
   for line in lines:
     assert line.endswith(" 0.0"), line
 

@@ -506,8 +506,12 @@ def test_sharded_nmf_rejects_anls():
 
 def test_sharded_distances_equal_distances():
   cones, mesh = _reference_cones(), conejax.make_mesh()
+  # float32: a distance ||u - W h|| is exact to the rounding of ||u|| (up to 2.6 here), not
+  # of itself: a near-zero one (0.005) differed by 5e-8 between the sharded and the whole
+  # batch under the suite's compiler flags (tests/conftest.py).
   np.testing.assert_allclose(np.asarray(conejax.distance_sharded(cones, U0, mesh)),
-                             np.asarray(conejax.distance(cones, U0)), rtol=1e-6)
+                             np.asarray(conejax.distance(cones, U0)), rtol=1e-6,
+                             atol=1e-6 * np.linalg.norm(U0, axis=-1).max())
   np.testing.assert_array_equal(conejax.predict_sharded(cones, U0, mesh),
                                 conejax.predict(cones, U0))
 
