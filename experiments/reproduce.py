@@ -32,7 +32,8 @@ import time
 
 if "--smoke" in sys.argv:  # smoke runs are compile-bound: ask XLA for quick, plain code
   os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                        "--xla_llvm_disable_expensive_passes=true")
+                        "--xla_llvm_disable_expensive_passes=true "
+                        "--xla_cpu_use_fusion_emitters=false")
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import matplotlib  # noqa: E402
