@@ -104,6 +104,14 @@ def adversarial_loss(D2, labels, tau):
   return jnp.sum(mean(own) - tau * mean(1 - own))
 
 
+def objective_loss(objective: str, D2, labels, weight):
+  """The fine-tuning objective ``objective`` of D2 (B, K): ``cross_entropy_loss`` with
+  temperature ``weight``, or ``adversarial_loss`` with tau ``weight``."""
+  if objective == "cross_entropy":
+    return cross_entropy_loss(D2, labels, weight)
+  return adversarial_loss(D2, labels, weight)
+
+
 @functools.partial(jax.jit, static_argnames=("objective", "options", "meta"))
 def _loss_and_grad(W, X, labels, mu_h, weight, A, *, objective, options, meta):
   """The objective on one batch (weight: the temperature or tau) and its gradient in W.
@@ -115,9 +123,7 @@ def _loss_and_grad(W, X, labels, mu_h, weight, A, *, objective, options, meta):
 
   def loss(W):
     D2 = squared_distances(W, X, mu_h, **dict(options), **through)
-    if objective == "cross_entropy":
-      return cross_entropy_loss(D2, labels, weight)
-    return adversarial_loss(D2, labels, weight)
+    return objective_loss(objective, D2, labels, weight)
 
   return jax.value_and_grad(loss)(W)
 
@@ -339,12 +345,8 @@ def finetune(cones: _cone.Cones, X, y, optimizer: optax.GradientTransformation, 
   if augment is not None:
     _check_augment(augment, augment_key, X[:batch_size])
   options = dict(solver=solver, differentiation=differentiation)
-  if objective == "cross_entropy":
-    weight = jnp.asarray(temperature, X.dtype)
-    loss_fn = functools.partial(cross_entropy_loss, temperature=weight)
-  else:
-    weight = jnp.asarray(tau, X.dtype)
-    loss_fn = functools.partial(adversarial_loss, tau=tau)
+  weight = jnp.asarray(temperature if objective == "cross_entropy" else tau, X.dtype)
+  loss_fn = functools.partial(objective_loss, objective, weight=weight)
   static = dict(objective=objective, options=tuple(sorted(options.items())),
                 meta=None if A is None else (cones.classes, cones.settings))
 
