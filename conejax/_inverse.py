@@ -32,6 +32,7 @@ from conejax.operators import _base as operators
 _HIGHEST = lax.Precision.HIGHEST
 LOSSES = ("l2", "l1")
 SELECTS = ("each", "best", "union", "posterior")
+VARIANCES = ("mixture", "total")
 
 
 class Reconstruction(NamedTuple):
@@ -46,8 +47,10 @@ class Reconstruction(NamedTuple):
       cone with "posterior"; -1 otherwise.
     converged: (...) or (..., K) bool, whether each solve met its stopping test (with
       "posterior", whether all K did).
-    std: (..., m) per-pixel standard deviation of the posterior mixture,
-      sqrt(sum_k p_k (W_k h_k - u)^2), with ``select="posterior"``; None otherwise.
+    std: (..., m) per-pixel standard deviation with ``select="posterior"``; None otherwise.
+      ``variance="mixture"``: the spread of the mixture, sqrt(sum_k p_k (W_k h_k - u)^2);
+      ``"total"``: sqrt(spread^2 + sum_k p_k s_k^2), s_k^2 each cone's own variance (see
+      ``reconstruct``).
   """
   u: jax.Array
   h: jax.Array
@@ -159,18 +162,59 @@ def posterior_weights(misfit, temperature, loss):
   return jax.nn.softmax(-(scaled - jnp.min(scaled, -1, keepdims=True)) / temperature, -1)
 
 
-def _mixture(U, p):
-  """Mean sum_k p_k u_k and per-pixel standard deviation of (N, K, m) U under (N, K) p."""
+def _mixture(U, p, within=None):
+  """Mean sum_k p_k u_k and per-pixel standard deviation of (N, K, m) U under (N, K) p,
+  plus sum_k p_k within_k with each component's own variance ``within`` (N, K, m)."""
   mean = jnp.einsum("nk,nkm->nm", p, U, precision=_HIGHEST)
-  var = jnp.einsum("nk,nkm->nm", p, (U - mean[:, None]) ** 2, precision=_HIGHEST)
+  spread = (U - mean[:, None]) ** 2 if within is None else (U - mean[:, None]) ** 2 + within
+  var = jnp.einsum("nk,nkm->nm", p, spread, precision=_HIGHEST)
   positive = var > 0
   return mean, jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1)), 0)  # grad-safe at 0
 
 
+def _within_variance(B, W_k, h, misfit, weights):
+  """Per-pixel variance (m,) of W_k h's least-squares estimate on its active set, one sample.
+
+  The code's covariance on the support S = {h > 0} is sigma^2 (B_S^T M B_S + eps I)^{-1},
+  with B = A W_k (k, d) this sample's cone through its operator, M its entry weights (1
+  without), sigma^2 = 2 misfit / max(n - |S|, 1) the noise variance estimated from the residual (n the
+  weight of the entries that A W_k reaches: rows of B that are not all zero) and
+  eps = sqrt(machine epsilon) max_j (B^T M B)_jj, a ridge that keeps a near-singular support
+  finite; the variance of u = W_k h is the diagonal of W_S Cov W_S^T.
+  """
+  d = h.shape[-1]
+  M = jnp.ones(B.shape[:1], B.dtype) if weights is None else weights
+  active = h > 0
+  G = jnp.dot(B.T * M[None], B, precision=_HIGHEST)
+  eps = jnp.sqrt(jnp.finfo(B.dtype).eps) * jnp.max(jnp.diagonal(G))
+  both = active[:, None] & active[None, :]
+  system = jnp.where(both, G, 0) + jnp.diag(jnp.where(active, eps, 1.0))
+  inverse = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(system), True),
+                                       jnp.eye(d, dtype=B.dtype))
+  inverse = jnp.where(both, inverse, 0)
+  reached = jnp.sum(jnp.where(jnp.any(B != 0, axis=-1), M, 0))
+  noise = 2 * misfit / jnp.maximum(reached - jnp.sum(active), 1)
+  Y = jnp.dot(W_k, inverse, precision=_HIGHEST)
+  return noise * jnp.sum(Y * W_k, axis=-1)
+
+
+def _within_variances(W, B, A, h, misfit, weights, per_sample, chunk):
+  """(n, K, m) ``_within_variance`` of every sample on every cone, ``chunk`` samples at a
+  time; B is the (K, k, d) shared A W_k, or None with per-sample operators A."""
+  def one(args):
+    A_i, h_i, misfit_i, M_i = args
+    B_i = (jax.vmap(operators.apply_to_dictionary, (None, 0))(A_i, W) if per_sample else B)
+    return jax.vmap(_within_variance, (0, 0, 0, 0, None))(B_i, W, h_i, misfit_i, M_i)
+
+  if not per_sample:
+    A = jnp.zeros(h.shape[:1], h.dtype)   # a placeholder leaf, one per sample
+  return _loops.in_chunks(lambda a: jax.vmap(one)(a), (A, h, misfit, weights), chunk)
+
+
 @functools.partial(jax.jit, static_argnames=("loss", "select", "per_sample", "options",
-                                             "chunk"))
+                                             "chunk", "variance"))
 def _reconstruct(W, V, A, mu, temperature, weights, *, loss, select, per_sample, options,
-                 chunk):
+                 chunk, variance="mixture"):
   options = dict(options)
   K, m, d = W.shape
   if select == "union":
@@ -193,12 +237,18 @@ def _reconstruct(W, V, A, mu, temperature, weights, *, loss, select, per_sample,
     AU = jnp.einsum("nkd,kcd->nkc", h, B, precision=_HIGHEST)
   U = jnp.einsum("nkd,kmd->nkm", h, W, precision=_HIGHEST)
   misfit = _misfit(AU - V[:, None], loss, None if weights is None else weights[:, None])
-  return _select(U, h, misfit, converged, mu, temperature, loss=loss, select=select)
+  within = None
+  if select == "posterior" and variance == "total":
+    within = _within_variances(W, None if per_sample else B, A, h, misfit, weights,
+                               per_sample, chunk)
+  return _select(U, h, misfit, converged, mu, temperature, loss=loss, select=select,
+                 within=within)
 
 
-def _select(U, h, misfit, converged, mu, temperature, *, loss, select):
+def _select(U, h, misfit, converged, mu, temperature, *, loss, select, within=None):
   """The ``Reconstruction`` of ``select`` from the estimates U (n, K, m), codes h (n, K, d),
-  misfits and convergence (n, K) on every cone."""
+  misfits and convergence (n, K) on every cone; ``within`` (n, K, m), each cone's own
+  variance, joins the posterior's by the law of total variance."""
   none = jnp.full(U.shape[:1], -1, jnp.int32)
   if select == "each":
     return Reconstruction(U, h, misfit, none, converged)
@@ -206,7 +256,7 @@ def _select(U, h, misfit, converged, mu, temperature, *, loss, select):
     return Reconstruction(U[:, 0], h[:, 0], misfit[:, 0], none, converged[:, 0])
   if select == "posterior":
     p = posterior_weights(misfit, temperature, loss)
-    mean, std = _mixture(U, p)
+    mean, std = _mixture(U, p, within)
     return Reconstruction(mean, h, misfit, jnp.argmax(p, -1).astype(jnp.int32),
                           jnp.all(converged, -1), std)
   objective = misfit + mu * jnp.sum(h, axis=-1)
@@ -268,7 +318,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
                 differentiation: str = "implicit", solver="auto",
                 temperature=None, beta_loss=None, weights=None,
-                missing: str | None = None) -> Reconstruction:
+                missing: str | None = None, variance: str = "mixture") -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
@@ -315,6 +365,16 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     temperature: () > 0, required by ``select="posterior"`` (only): from
       ``conejax.calibrate``, or 2 sigma^2 for Gaussian noise of standard deviation sigma
       (the likelihood exp(-||A u - v||^2 / (2 sigma^2))).
+    variance: what ``std`` of ``select="posterior"`` measures. "mixture" (default): the
+      spread of the cones' estimates about their mean, sum_k p_k (W_k h_k - u)^2, which
+      says which pixels the cones disagree on. "total" (l2 loss, Frobenius): the law of
+      total variance, the spread plus sum_k p_k s_k^2, with s_k^2 the per-pixel variance
+      of cone k's least-squares estimate on its active set S = {h_k > 0},
+      diag(W_S (B_S^T M B_S + eps I)^{-1} W_S^T) sigma_k^2, B = A W_k, M the entry weights,
+      sigma_k^2 = ||A W_k h_k - v||_M^2 / max(n - |S|, 1) the noise variance estimated from
+      the residual (n: the weight of the entries A W_k reaches) and eps = sqrt(machine
+      epsilon) max diag(B^T M B); an observation the cones fit badly gets a large variance.
+      It costs one d x d Cholesky per sample and cone (``chunk_size`` samples at a time).
     beta_loss: None (the cones' own loss, as ``codes``; Frobenius for an array), or a loss
       as in ``conejax.nmf``. Under a beta-divergence the codes minimise
       D_beta(v | A W_k h) + mu_h sum(h) by multiplicative updates
@@ -349,6 +409,14 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}.")
   if select not in SELECTS:
     raise ValueError(f"select must be one of {SELECTS}; got {select!r}.")
+  if variance not in VARIANCES:
+    raise ValueError(f"variance must be one of {VARIANCES}; got {variance!r}.")
+  if variance != "mixture" and select != "posterior":
+    raise ValueError(f"variance={variance!r} describes the std of select='posterior'; got "
+                     f"select={select!r}.")
+  if variance == "total" and loss != "l2":
+    raise ValueError("variance='total' needs loss='l2' (a least-squares fit has a code "
+                     "covariance; the l1 fit has none): pass variance='mixture'.")
   if (select == "posterior") != (temperature is not None):
     raise ValueError("temperature goes with select='posterior' (and it needs one): pass "
                      "temperature=conejax.calibrate(cones, X_val, y_val) or 2 sigma^2 for noise "
@@ -389,6 +457,9 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
   weights = None if weights is None else weights.astype(dtype)
+  if beta != 2 and variance == "total":
+    raise ValueError(f"variance='total' needs the Frobenius loss (a least-squares code "
+                     f"covariance); beta_loss {beta:g} takes variance='mixture'.")
   if beta != 2:
     steps = _check_beta(beta, W, V, A, loss, per_sample_operator, dict(
         solver=solver, batch_size=batch_size, differentiation=differentiation,
@@ -415,7 +486,8 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                      weights, loss=loss, select=select,
                      per_sample=bool(per_sample_operator),
                      options=tuple(sorted(options.items())),
-                     chunk=_checks.check_positive_int(chunk_size, "chunk_size"))
+                     chunk=_checks.check_positive_int(chunk_size, "chunk_size"),
+                     variance=variance)
   return _finish(out, single_dictionary, single_sample, select)
 
 

@@ -174,15 +174,23 @@ def _posterior_reference(W, V, A, T, loss="l2"):
   return p, mean, std, each
 
 
-@pytest.mark.parametrize("dtype, transform", [(np.float32, lambda f: f), (np.float64, jax.jit)],
-                         ids=["float32-eager", "float64-jit"])
+def _noisy_downsampled(seed, dtype):
+  """Cones (mu_h 0.02), the 2x downsampling A, noisy observations V and a temperature."""
+  W, U, rng = _problem(seed, dtype)
+  A = _operators(rng)["downsample"]
+  V = (operators.apply(A, U) + 0.05 * rng.standard_normal((len(U), A.out_size))).astype(dtype)
+  return W, conejax.make_cones(W, 0.02), A, V, dtype(0.05)
+
+
+POSTERIOR_MODES = pytest.mark.parametrize(
+    "dtype, transform", [(np.float32, lambda f: f), (np.float64, jax.jit)],
+    ids=["float32-eager", "float64-jit"])
+
+
+@POSTERIOR_MODES
 def test_posterior_is_the_mixture_of_the_cones_estimates(dtype, transform):
   with jax.enable_x64(dtype == np.float64):
-    W, U, rng = _problem(9, dtype)
-    A = _operators(rng)["downsample"]
-    V = (operators.apply(A, U) + 0.05 * rng.standard_normal((len(U), A.out_size))).astype(dtype)
-    cones = conejax.make_cones(W, 0.02)
-    T = dtype(0.05)
+    W, cones, A, V, T = _noisy_downsampled(9, dtype)
     out = transform(lambda V: conejax.reconstruct(cones, V, A, select="posterior",
                                                   temperature=T))(V)
     p, mean, std, each = _posterior_reference(cones, V, A, T)
@@ -215,6 +223,81 @@ def test_posterior_with_the_l1_loss_and_per_sample_masks():
   np.testing.assert_allclose(batched.std, shared.std, rtol=1e-4, atol=1e-6)
 
 
+def _within_reference(W, V, A, out, weights=None):
+  """(n, k, sigma_k^2 diag(W_S (B_S^T M B_S + eps I)^{-1} W_S^T)) per sample and cone, numpy."""
+  dense = np.asarray(operators.materialise(A, dtype=np.asarray(V).dtype), np.float64)
+  W, h = np.asarray(W, np.float64), np.asarray(out.h, np.float64)
+  M = np.ones(np.shape(V)) if weights is None else np.asarray(weights, np.float64)
+  R = np.einsum("cm,nkm->nkc", dense, np.einsum("nkd,kmd->nkm", h, W)) - np.asarray(V)[:, None]
+  eps = np.sqrt(np.finfo(np.asarray(V).dtype).eps)
+  for n in range(len(h)):
+    for k in range(len(W)):
+      B, S = dense @ W[k], h[n, k] > 0
+      G = B.T @ (M[n][:, None] * B)
+      inverse = np.linalg.inv(G[np.ix_(S, S)] + eps * G.diagonal().max() * np.eye(S.sum()))
+      reached = M[n][np.any(B != 0, axis=1)].sum()
+      noise = np.sum(M[n] * R[n, k] ** 2) / max(reached - S.sum(), 1)
+      yield n, k, noise * np.einsum("md,de,me->m", W[k][:, S], inverse, W[k][:, S])
+
+
+@POSTERIOR_MODES
+def test_total_variance_adds_each_cones_least_squares_variance(dtype, transform):
+  with jax.enable_x64(dtype == np.float64):
+    W, cones, A, V, T = _noisy_downsampled(11, dtype)
+    run = lambda variance: transform(lambda V: conejax.reconstruct(
+        cones, V, A, select="posterior", temperature=T, variance=variance))(V)
+    mixture, total = run("mixture"), run("total")
+    p = np.asarray(conejax.predict_proba(cones, V, A=A, temperature=T), np.float64)
+    within = np.zeros((len(V), M))
+    for n, k, var in _within_reference(W, V, A, total):
+      within[n] += p[n, k] * var
+    tol = 1e-4 if dtype == np.float32 else 1e-9
+    assert total.std.dtype == dtype and 0.05 < np.mean(p.max(1)) < 0.999
+    assert np.all(within > 0)
+    np.testing.assert_allclose(total.u, mixture.u)
+    np.testing.assert_allclose(total.std**2, np.asarray(mixture.std, np.float64)**2 + within,
+                               rtol=10 * tol, atol=tol**2)
+
+
+def test_total_variance_matches_the_spread_of_least_squares_estimates_under_noise():
+  """One cone, all atoms active: std^2 is sigma^2 diag(W (B^T B)^{-1} W^T) with sigma^2
+  estimated unbiasedly, so its mean over noise draws is the estimates' empirical variance."""
+  rng = np.random.default_rng(12)
+  W = jnp.asarray(rng.random((M, 3)))
+  A = operators.gaussian_sensing(jax.random.key(1), 12, M)
+  u = W @ jnp.asarray([3.0, 2.0, 4.0])            # far inside the cone: every code stays > 0
+  sigma, draws = 0.05, 4000
+  V = operators.apply(A, u)[None] + sigma * jnp.asarray(rng.standard_normal((draws, 12)))
+  out = conejax.reconstruct(W, V, A, select="posterior", temperature=1.0, variance="total")
+  assert bool(jnp.all(out.h > 0))
+  empirical = np.var(np.asarray(out.u), axis=0)
+  B = np.asarray(operators.materialise(A)) @ np.asarray(W)
+  exact = sigma**2 * np.einsum("md,de,me->m", W, np.linalg.inv(B.T @ B), W)
+  np.testing.assert_allclose(np.mean(np.asarray(out.std) ** 2, 0), exact, rtol=1e-5 + 0.05)
+  np.testing.assert_allclose(empirical, exact, rtol=0.1)
+
+
+def test_total_variance_with_weights_equals_per_sample_masks():
+  W, U, rng = _problem(13, np.float64)
+  keep = (rng.random(U.shape) > 0.3).astype(np.float64)
+  V = (U + 0.02 * rng.random(U.shape)) * keep     # 0 where missing, as a mask observes
+  run = lambda **kw: conejax.reconstruct(W, V, select="posterior", temperature=0.2,
+                                         variance="total", **kw)
+  weighted = run(weights=keep)
+  masked = run(A=jax.vmap(operators.mask)(jnp.asarray(keep)), per_sample_operator=True,
+               tol=1e-12, max_iter=50000)
+  within = np.zeros(U.shape)
+  p = np.asarray(conejax._inverse.posterior_weights(weighted.misfit, 0.2, "l2"))
+  for n, k, var in _within_reference(W, V, operators.identity(M), weighted, keep):
+    within[n] += p[n, k] * var
+  chunked = run(weights=keep, chunk_size=4)                 # 6 samples: a padded last chunk
+  spread = np.asarray(conejax.reconstruct(W, V, select="posterior", temperature=0.2,
+                                          weights=keep).std) ** 2
+  np.testing.assert_allclose(weighted.std**2, spread + within, rtol=1e-8, atol=1e-14)
+  np.testing.assert_allclose(masked.std, weighted.std, rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(chunked.std, weighted.std, rtol=1e-12)
+
+
 def test_bad_input():
   W, U, rng = _problem(8, np.float32)
   A = operators.downsample(2, IMAGE)
@@ -228,6 +311,15 @@ def test_bad_input():
     conejax.reconstruct(W, U, temperature=1.0)
   with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
     conejax.reconstruct(W, U, select="posterior", temperature=0.0)
+  with pytest.raises(ValueError, match="variance must be one of"):
+    conejax.reconstruct(W, U, select="posterior", temperature=1.0, variance="epistemic")
+  with pytest.raises(ValueError, match="describes the std of select='posterior'"):
+    conejax.reconstruct(W, U, variance="total")
+  with pytest.raises(ValueError, match="variance='total' needs loss='l2'"):
+    conejax.reconstruct(W, U, loss="l1", select="posterior", temperature=1.0, variance="total")
+  with pytest.raises(ValueError, match="variance='total' needs the Frobenius loss"):
+    conejax.reconstruct(W, U, select="posterior", temperature=1.0, variance="total",
+                        beta_loss="kullback-leibler")
   with pytest.raises(ValueError, match="atoms have size"):
     conejax.reconstruct(W, U, operators.identity(M + 1))
   with pytest.raises(ValueError, match=r"V must have shape \(N, 6\)"):
