@@ -49,20 +49,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+import peers  # noqa: E402  (experiments/ is the script's own folder)
+
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "results"
 ALSA = pathlib.Path("/usr/share/sounds/alsa")
 SR, N_FFT, HOP = 16000, 512, 128
-PEER_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 ALSA_TRAIN = ["Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left"]
 ALSA_TEST = ["Rear_Right", "Side_Left", "Side_Right"]
 VOICES = {"espeak A": "en-us+m3", "espeak B": "en-gb+f3"}
@@ -178,14 +177,8 @@ def peer_main(src: str, dst: str) -> None:
 
 
 def run_peers(S0, S1, mixtures, rank, n_iter):
-  env = {k: v for k, v in os.environ.items() if k not in PEER_ENV_DROP}
-  with tempfile.TemporaryDirectory() as tmp:
-    src, dst = pathlib.Path(tmp, "job.npz"), pathlib.Path(tmp, "out.npz")
-    np.savez(src, S0=S0, S1=S1, rank=rank, n_iter=n_iter,
-             **{f"mix{i}": M for i, M in enumerate(mixtures)})
-    subprocess.run([sys.executable, __file__, "--peer", str(src), str(dst)], env=env, check=True)
-    with np.load(dst, allow_pickle=False) as out:
-      return {key: out[key] for key in out.files}
+  return peers.run(__file__, dict(S0=S0, S1=S1, rank=rank, n_iter=n_iter,
+                                  **{f"mix{i}": M for i, M in enumerate(mixtures)}))
 
 
 # ---------------------------------------------------------------------------- conejax

@@ -32,9 +32,7 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 
@@ -42,7 +40,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_nnls import PEER_ENV_DROP, blas_info, git_state  # noqa: E402
+from bench_nnls import git_state  # noqa: E402
+import peers  # noqa: E402
 
 SIZES = {"full": dict(n=20_000, m=513, rank=64), "quick": dict(n=2000, m=257, rank=16)}
 LOSSES = ("kullback-leibler", "itakura-saito")
@@ -81,7 +80,7 @@ def divergence(U, H, W, beta_loss):
 def peer_main(in_path, out_path):
   """Subprocess side: scikit-learn NMF(solver="mu") per loss; codes, atoms and seconds."""
   from sklearn.decomposition import NMF
-  out = {"blas": json.dumps(blas_info())}
+  out = {"blas": json.dumps(peers.blas_info())}
   with np.load(in_path, allow_pickle=False) as job:
     U, W0, H0, iters = job["U"], job["W0"], job["H0"], int(job["iters"])
   for loss in LOSSES:
@@ -99,13 +98,7 @@ def peer_main(in_path, out_path):
 
 
 def run_peer(U, W0, H0, iters):
-  env = {k: v for k, v in os.environ.items() if k not in PEER_ENV_DROP}
-  with tempfile.TemporaryDirectory() as tmp:
-    src, dst = pathlib.Path(tmp, "job.npz"), pathlib.Path(tmp, "out.npz")
-    np.savez(src, U=U, W0=W0, H0=H0, iters=iters)
-    subprocess.run([sys.executable, __file__, "--peer", str(src), str(dst)], env=env, check=True)
-    with np.load(dst, allow_pickle=False) as out:
-      return {key: out[key] for key in out.files}
+  return peers.run(__file__, dict(U=U, W0=W0, H0=H0, iters=iters))
 
 
 def time_conejax(U, W0, H0, iters, loss):
@@ -168,7 +161,7 @@ def main():
               backend=jax.default_backend(), sklearn=sklearn.__version__,
               cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
               load_average=os.getloadavg(), commit=git_state(root),
-              blas=dict(conejax=blas_info(), peers=json.loads(str(peer["blas"]))),
+              blas=dict(conejax=peers.blas_info(), peers=json.loads(str(peer["blas"]))),
               data="synthetic harmonic spectrogram, see experiments/bench_nmf.py", seed=0)
   table = markdown(rows, meta)
   print(table)

@@ -35,8 +35,6 @@ import os
 import pathlib
 import platform
 import subprocess
-import sys
-import tempfile
 import time
 import types
 import warnings
@@ -50,13 +48,14 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import scipy  # noqa: E402
 import sklearn  # noqa: E402
-import threadpoolctl  # noqa: E402
 from scipy.optimize import nnls as scipy_nnls  # noqa: E402
 from sklearn.decomposition import sparse_encode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import conejax  # noqa: E402
 from conejax import solvers  # noqa: E402
+
+import peers  # noqa: E402  (experiments/ is the script's own folder)
 
 RANK, NMF_ITERS, SKLEARN_ALPHA, OPTAX_ITERS = 64, 100, 1e-10, 1000
 BUDGET_S = 90  # a conejax first call slower than this is not repeated (see warm_timed)
@@ -69,7 +68,6 @@ SIZES = {
 CROSSOVER_CONES = (1, 2, 4, 6, 8)
 SOLVERS = {"ActiveSet": solvers.ActiveSet(), "APG": solvers.APG(), "ADMM": solvers.ADMM()}
 TARGET_GAP = {"float32": 1e-5, "float64": 1e-10}  # exactness targets of default solvers
-PEER_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 OPTAX_NNLS = jax.jit(optax.nnls, static_argnames=("iters",)) if hasattr(optax, "nnls") else None
 FIELDS = ("problem", "method", "dtype", "n", "d", "cond", "seconds", "compile_seconds",
           "vs_scipy", "x_products", "mean_gap", "max_gap", "mean_iter", "max_iter",
@@ -77,14 +75,6 @@ FIELDS = ("problem", "method", "dtype", "n", "d", "cond", "seconds", "compile_se
 
 
 # ----------------------------------------------------------------------------- peers
-
-
-def blas_info():
-  """The BLAS and OpenMP libraries loaded in this process, as threadpoolctl reports them."""
-  return [dict(internal_api=lib.get("internal_api"), architecture=lib.get("architecture"),
-               num_threads=lib.get("num_threads"), version=lib.get("version"),
-               library=pathlib.Path(lib["filepath"]).name)
-          for lib in threadpoolctl.threadpool_info()]
 
 
 def scipy_loop(W, V):
@@ -107,7 +97,7 @@ PEERS = {"scipy": scipy_loop, "sklearn": sklearn_encode}
 
 def peer_main(in_path, out_path):
   """Subprocess side: runs every job in ``in_path``, writes codes and seconds to ``out_path``."""
-  out = {"blas": json.dumps(blas_info())}
+  out = {"blas": json.dumps(peers.blas_info())}
   with np.load(in_path, allow_pickle=False) as jobs:
     for i in range(int(jobs["count"])):
       with warnings.catch_warnings(record=True) as caught:
@@ -130,21 +120,15 @@ def run_peers(ctx, jobs):
     {method: (h (N, K, d), seconds, number of ConvergenceWarnings)}, one entry per job
     (methods are unique within a call).
   """
-  env = {k: v for k, v in os.environ.items() if k not in PEER_ENV_DROP}
-  with tempfile.TemporaryDirectory() as tmp:
-    src, dst = pathlib.Path(tmp, "jobs.npz"), pathlib.Path(tmp, "out.npz")
-    arrays = {"count": len(jobs)}
-    for i, (method, W, V) in enumerate(jobs):
-      W = np.asarray(W)
-      arrays |= {f"method_{i}": method, f"W_{i}": W[None] if W.ndim == 2 else W,
-                 f"V_{i}": np.asarray(V)}
-    np.savez(src, **arrays)
-    subprocess.run([sys.executable, __file__, "--peer", str(src), str(dst)], env=env,
-                   check=True)
-    with np.load(dst, allow_pickle=False) as out:
-      ctx.meta["blas"]["peers"] = json.loads(str(out["blas"]))
-      return {method: (out[f"h_{i}"], float(out[f"seconds_{i}"]), int(out[f"unconverged_{i}"]))
-              for i, (method, _, _) in enumerate(jobs)}
+  arrays = {"count": len(jobs)}
+  for i, (method, W, V) in enumerate(jobs):
+    W = np.asarray(W)
+    arrays |= {f"method_{i}": method, f"W_{i}": W[None] if W.ndim == 2 else W,
+               f"V_{i}": np.asarray(V)}
+  out = peers.run(__file__, arrays)
+  ctx.meta["blas"]["peers"] = json.loads(str(out["blas"]))
+  return {method: (out[f"h_{i}"], float(out[f"seconds_{i}"]), int(out[f"unconverged_{i}"]))
+          for i, (method, _, _) in enumerate(jobs)}
 
 
 # ----------------------------------------------------------------------------- measures
@@ -345,7 +329,7 @@ def fmt(value, spec):
 
 def markdown(rows, meta):
   lines = [f"NNLS, mu = 0; gaps against scipy.optimize.nnls. Peers (subprocess, "
-           f"{'/'.join(PEER_ENV_DROP)} unset): {describe_blas(meta['blas']['peers'])}. "
+           f"{'/'.join(peers.PEER_ENV_DROP)} unset): {describe_blas(meta['blas']['peers'])}. "
            f"Main process: {describe_blas(meta['blas']['main'])}. {meta['optax']['note']}",
            "",
            "| problem | method | dtype | n | cond | seconds | compile s | vs scipy | "
@@ -412,7 +396,7 @@ def main():
               optax=dict(version=optax.__version__, nnls=has_nnls, note=note),
               machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
               devices=str(jax.devices()), date=time.strftime("%Y-%m-%d"), quick=args.quick,
-              sizes=sizes, sklearn_alpha=SKLEARN_ALPHA, blas=dict(main=blas_info()),
+              sizes=sizes, sklearn_alpha=SKLEARN_ALPHA, blas=dict(main=peers.blas_info()),
               git=git_state(root))
   ctx = types.SimpleNamespace(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                               sizes=sizes, meta=meta, cones=None)

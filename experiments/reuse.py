@@ -38,11 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import subprocess
-import sys
-import tempfile
 import time
 
 import jax
@@ -54,13 +50,13 @@ import conejax
 from conejax import operators
 from conejax.data import load_mnist
 
-import reuse_digits  # noqa: E402  (experiments/ is the script's own folder)
+import peers  # noqa: E402  (experiments/ is the script's own folder)
+import reuse_digits  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHAPE, M = (28, 28), 784
 BOX = np.ones((5, 5)) / 25
-PEER_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # Every batch that goes through the cones has n_test rows where it can (validation splits
 # too): one compiled program per operator, since compiling the exact solver dominates the
 # quick form's time.
@@ -166,14 +162,7 @@ def peer_main(in_path, out_path):
 
 
 def run_peers(arrays):
-  env = {k: v for k, v in os.environ.items() if k not in PEER_ENV_DROP}
-  with tempfile.TemporaryDirectory() as tmp:
-    src, dst = pathlib.Path(tmp, "job.npz"), pathlib.Path(tmp, "out.npz")
-    np.savez(src, **arrays)
-    subprocess.run([sys.executable, __file__, "--peer", str(src), str(dst)], env=env,
-                   check=True)
-    with np.load(dst, allow_pickle=False) as out:
-      return {k: out[k] for k in out.files}
+  return peers.run(__file__, arrays)
 
 
 # ----------------------------------------------------------------------------- measures
