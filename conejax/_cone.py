@@ -150,7 +150,9 @@ def _fit_ragged(X, y, rank: dict, *, key, **options) -> Cones:
   for r in sorted({rank[c] for c in classes.tolist()}):
     group = [c for c in classes.tolist() if rank[c] == r]
     rows = np.flatnonzero(np.isin(y, group))
-    part = fit_cones(X[rows], y[rows], r, key=jax.random.fold_in(key, r), **options)
+    weights = options.get("weights")
+    part = fit_cones(X[rows], y[rows], r, key=jax.random.fold_in(key, r),
+                     **dict(options, weights=None if weights is None else weights[rows]))
     for k, c in enumerate(part.classes):
       W[c], n_iter[c] = part.W[k], dict(part.settings)["n_iter"][k]
   order = classes.tolist()
@@ -162,7 +164,8 @@ def _fit_ragged(X, y, rank: dict, *, key, **options) -> Cones:
 
 def fit_cones(X, y, rank: int | dict, *, key: jax.Array, mu_w=0.0, mu_h=0.0, method: str = "mu",
               init: str = "kmeans", max_iter: int = 20, tol: float = 1e-5,
-              class_batch_size: int = 5, beta_loss="frobenius") -> Cones:
+              class_batch_size: int = 5, beta_loss="frobenius", weights=None,
+              missing: str | None = None) -> Cones:
   """One cone per class: ``nmf_per_class`` on (X, y), atoms normalised to unit norm.
 
   The defaults are the best plain cones found on MNIST (experiments/sweep_cones.py):
@@ -187,27 +190,41 @@ def fit_cones(X, y, rank: int | dict, *, key: jax.Array, mu_w=0.0, mu_h=0.0, met
       X > 0 where beta <= 0. The atoms are then normalised after the fit (``unit_atoms``
       serves the Frobenius loss only), and the cones code and measure under this loss by
       default (``codes``, ``distance`` and the functions on them take ``beta_loss=None``).
+    weights: None, or (N, m) weights in [0, 1] of the entries of X (0 = missing), as in
+      ``nmf``: the weighted NMF fits the observed entries only (the k-means init sees the
+      missing ones filled by their pixel's weighted class mean). The atoms are normalised
+      after the fit, as for a beta-divergence. Code and classify incomplete samples with
+      the same ``weights=`` in ``codes``, ``distance``, ``predict`` and ``reconstruct``
+      (whose ``.u`` imputes them).
+    missing: None, or "nan": NaN entries of X are missing (weight 0), as in ``nmf``.
 
   Returns:
     ``Cones`` with W (K, m, rank) and the training settings recorded (``n_iter``: the
     iterations each class's NMF ran; ``beta_loss``: the loss's name, or its beta).
   """
+  weighted = weights is not None or missing is not None
+  if weighted:   # checked here, to name X; NaNs become weight-0 zeros (split by rows if ragged)
+    X, _, weights = _nmf_checks.check_loss(_checks.as_float_array(X, "X"), beta_loss, weights,
+                                           missing, name="X")
+    missing = None
   if isinstance(rank, dict):
     return _fit_ragged(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method, init=init,
                        max_iter=max_iter, tol=tol, class_batch_size=class_batch_size,
-                       beta_loss=beta_loss)
+                       beta_loss=beta_loss, weights=weights)
   _checks.require_concrete("fit_cones", "Fit the cones outside jit; then codes, distance and "
                            "log_likelihood work under jit.", X=X, y=y)
   beta = _nmf_checks.beta_float(beta_loss)
   fit = _nmf.nmf_per_class(X, y, rank, key=key, mu_w=mu_w, mu_h=mu_h, method=method,
                            init=init, max_iter=max_iter, tol=tol,
-                           class_batch_size=class_batch_size, unit_atoms=beta == 2,
-                           beta_loss=beta_loss, exact_codes=False)
+                           class_batch_size=class_batch_size,
+                           unit_atoms=beta == 2 and not weighted, beta_loss=beta_loss,
+                           exact_codes=False, weights=weights, missing=missing)
   norm = jnp.linalg.norm(fit.W, axis=1, keepdims=True)
   W = fit.W / jnp.where(norm > 0, norm, 1)
   settings = dict(rank=int(rank), mu_w=float(mu_w), mu_h=float(mu_h), method=method, init=init,
                   max_iter=max_iter, tol=float(tol), n_train=int(np.shape(X)[0]),
                   n_iter=tuple(int(i) for i in np.asarray(fit.n_iter).reshape(-1)),
+                  weighted=weighted,
                   beta_loss=beta_loss if isinstance(beta_loss, str) else beta)
   return make_cones(W, mu_h, fit.classes, settings)
 

@@ -1,5 +1,5 @@
 """Cones with missing values: ``weights=`` and ``missing="nan"`` in codes, project, distance
-(and predict through it) and reconstruct.
+(and predict through it) and reconstruct; ``fit_cones(weights=)``.
 
 References: scipy's NNLS on the sqrt-weighted rows (mu_h = 0), the KKT conditions of the
 weighted problem (mu_h > 0), the unweighted call (all-ones weights), the cones restricted to
@@ -226,6 +226,48 @@ def test_reconstruct_imputes_the_missing_pixels_of_digits():
   assert np.mean(np.asarray(classes)[out.cone] == y) >= 0.9
 
 
+def _labelled(seed=3):
+  """Non-negative samples of two classes (ten each) and weights 0, 1/2, 1 of their entries."""
+  rng = np.random.default_rng(seed)
+  X = rng.random((20, M)) + np.repeat(np.eye(2), 10, 0) @ rng.random((2, M))
+  weights = np.where(rng.random(X.shape) < 0.3, 0.0, np.where(rng.random(X.shape) < 0.3, 0.5, 1))
+  return X, np.repeat([4, 9], 10), weights
+
+
+def test_fit_cones_with_weights_is_the_weighted_nmf_per_class_with_unit_atoms():
+  X, y, weights = _labelled()
+  fit = dict(key=jax.random.key(2), init="kmeans", method="mu", max_iter=20)
+  cones = conejax.fit_cones(X, y, 3, weights=weights, **fit)
+  nmf = conejax.nmf_per_class(X, y, 3, weights=weights, **fit)
+  W = np.asarray(nmf.W) / np.linalg.norm(np.asarray(nmf.W), axis=1, keepdims=True)
+  np.testing.assert_allclose(cones.W, W, rtol=1e-6, atol=1e-9)
+  assert cones.classes == (4, 9) and dict(cones.settings)["weighted"]
+  # the values at weight-0 entries change nothing; NaN there with missing="nan" is the same
+  garbage = np.where(weights == 0, 7.0, X)
+  again = conejax.fit_cones(garbage, y, 3, weights=weights, **fit)
+  np.testing.assert_array_equal(again.W, cones.W)
+  nans = conejax.fit_cones(np.where(weights == 0, np.nan, X), y, 3, missing="nan",
+                           weights=np.where(weights == 0, 1.0, weights), **fit)
+  np.testing.assert_array_equal(nans.W, cones.W)
+  # the unweighted cones are a different fit (unit atoms during training), not these
+  assert not dict(conejax.fit_cones(X, y, 3, **fit).settings)["weighted"]
+
+
+def test_ragged_fit_cones_with_weights_equals_each_rank_alone():
+  X, y, weights = _labelled(4)
+  fit = dict(init="kmeans", method="mu", max_iter=20)
+  key = jax.random.key(5)
+  ragged = conejax.fit_cones(X, y, {4: 3, 9: 2}, key=key, weights=weights, **fit)
+  for label, rank in ((4, 3), (9, 2)):
+    rows = y == label
+    alone = conejax.fit_cones(X[rows], y[rows], rank, key=jax.random.fold_in(key, rank),
+                              weights=weights[rows], **fit)
+    k = ragged.classes.index(label)
+    np.testing.assert_allclose(ragged.W[k][:, :rank], alone.W[0], rtol=1e-6, atol=1e-9)
+  with pytest.raises(ValueError, match=r"weights must have X's shape"):
+    conejax.fit_cones(X, y, {4: 3, 9: 2}, key=key, weights=weights[:, :5], **fit)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda c, X, w: conejax.codes(c, X, weights=w[:, :5]), r"weights must have X's shape"),
     (lambda c, X, w: conejax.distance(c, X, weights=2 * w),
@@ -238,6 +280,8 @@ def test_reconstruct_imputes_the_missing_pixels_of_digits():
     (lambda c, X, w: conejax.codes(c, np.where(w > 0, X, np.inf), missing="nan"),
      "X contains NaN or Inf"),
     (lambda c, X, w: conejax.reconstruct(c, X, weights=w[:, :5]), r"weights must have V's shape"),
+    (lambda c, X, w: conejax.fit_cones(np.abs(X), np.arange(N) % 2, 2, key=jax.random.key(0),
+                                       weights=w[:, :5]), r"weights must have X's shape"),
     (lambda c, X, w: conejax.distance(c, X[:, :9], A=ops.matrix(jnp.ones((9, M))), weights=w),
      r"weights must have X's shape"),
     (lambda c, X, w: conejax.codes(c, np.abs(X) * (w > 0.7), weights=w,
