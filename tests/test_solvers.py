@@ -102,6 +102,27 @@ def test_a_code_does_not_depend_on_its_batch(dtype, solver):
   assert np.max(np.abs(whole - looped) / scale) <= bound
 
 
+@pytest.mark.parametrize("mu", ["shared", "per-sample"])
+def test_warm_start_blocks_equal_the_unblocked_steps(mu):
+  """``_apg.iterate`` steps 300 rows as blocks of 256 (the second padded) with one shared G;
+  each row's steps are its own, so it equals the unblocked steps (here at the suite's
+  compiler flags, to rounding; bitwise at the default ones, above)."""
+  from conejax.solvers import _apg
+  from conejax.solvers._protocol import QuadraticProblem
+  W, V = random_problem(6, m=30, d=12, n=300)
+  G, C = jnp.asarray(W.T @ W), jnp.asarray(V @ W)
+  penalty = jnp.asarray(0.1) if mu == "shared" else jnp.linspace(0, 0.2, 300)[:, None]
+  problem = QuadraticProblem(G, C, penalty)
+  lipschitz = float(np.linalg.eigvalsh(np.asarray(G))[-1])
+  h0 = jnp.zeros_like(C)
+  blocked = _apg.iterate(problem, lipschitz, h0, 30)
+  plain = _apg._iterate(problem, jnp.full(300, lipschitz, C.dtype), h0, 30)
+  assert _apg.ITERATE_BLOCK < 300 and bool(jnp.all(jnp.isfinite(blocked)))
+  np.testing.assert_allclose(blocked, plain, rtol=1e-6, atol=1e-6 * float(jnp.max(plain)))
+  assert float(jnp.max(jnp.abs(blocked - _apg._iterate(problem, jnp.full(300, lipschitz),
+                                                       h0, 29)))) > 1e-4  # not a no-op
+
+
 INVARIANCE_SCRIPT = """
 import numpy as np, jax, conejax
 from conejax import solvers
@@ -113,12 +134,19 @@ for dtype in (np.float32, np.float64):
     whole = np.asarray(conejax.nnls(W, V, 0.1, solver=solver).h)
     alone = np.stack([np.asarray(conejax.nnls(W, v, 0.1, solver=solver).h) for v in V])
     print(np.dtype(dtype).name, type(solver).__name__, np.max(np.abs(whole - alone)))
+  # 300 rows: the warm start steps blocks of 256 rows (a padded second block), pieces of
+  # 10 rows step unblocked
+  V = rng.random((300, 30)).astype(dtype)
+  whole = np.asarray(conejax.nnls(W, V, 0.1).h)
+  pieces = np.concatenate([np.asarray(conejax.nnls(W, v, 0.1).h) for v in np.split(V, 30)])
+  print(np.dtype(dtype).name, "blocked warm start", np.max(np.abs(whole - pieces)))
 """
 
 
 def test_batch_invariance_at_the_default_compiler_level():
   """Bitwise: every solver, float32 and float64, a batch of 40 against each sample alone,
-  in a process with XLA's default flags (as users run it), not the suite's quick ones."""
+  and the exact default on 300 rows against pieces of 10, in a process with XLA's default
+  flags (as users run it), not the suite's quick ones."""
   import os
   import subprocess
   import sys
@@ -127,7 +155,7 @@ def test_batch_invariance_at_the_default_compiler_level():
                        text=True, env=dict(env, JAX_PLATFORMS="cpu"), timeout=300, check=False)
   assert run.returncode == 0, run.stderr[-2000:]
   lines = [line for line in run.stdout.split("\n") if line.startswith("float")]
-  assert len(lines) == 6, run.stdout
+  assert len(lines) == 8, run.stdout
   for line in lines:
     assert line.endswith(" 0.0"), line
 
