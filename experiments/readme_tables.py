@@ -123,6 +123,10 @@ def microscopy_uncertainty(results):
   return _experiment("microscopy_uncertainty").markdown(results)
 
 
+def missing_values(results):
+  return _experiment("missing_values").markdown(results)
+
+
 def mnist_full(results):
   """The full-MNIST reproduction (results/reproduce_mnist_full.json): claims, ten digits."""
   b, z, a, c = results["bases"], results["zero_vs_one"], results["anomaly"], results["clustering"]
@@ -264,6 +268,7 @@ BLOCKS = {"bench_nnls": ("bench_nnls.json", bench_nnls),
           "streaming_nmf": ("streaming_nmf.json", streaming_nmf),
           "sweep_cones": ("sweep_cones.json", sweep_cones),
           "microscopy_uncertainty": ("microscopy_uncertainty.json", microscopy_uncertainty),
+          "missing_values": ("missing_values.json", missing_values),
           "mnist_full": ("reproduce_mnist_full.json", mnist_full),
           "main_job": ("reproduce.json", main_job),
           "main_job_timing": ("reproduce.json", main_job_timing),
