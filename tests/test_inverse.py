@@ -277,6 +277,23 @@ def test_total_variance_matches_the_spread_of_least_squares_estimates_under_nois
   np.testing.assert_allclose(empirical, exact, rtol=0.1)
 
 
+def test_total_variance_under_grad_and_vmap():
+  """d sum(std^2) / dV equals central differences (float64, supports fixed by the small
+  step), and vmap over samples equals the batched call."""
+  W, cones, A, V, T = _noisy_downsampled(14, np.float64)
+  total = lambda V: conejax.reconstruct(cones, V, A, select="posterior", temperature=T,
+                                        variance="total")
+  f = lambda V: jnp.sum(total(V).std ** 2)
+  g = np.asarray(jax.grad(f)(V))
+  direction = np.random.default_rng(0).standard_normal(V.shape)
+  eps = 1e-6
+  numeric = (f(V + eps * direction) - f(V - eps * direction)) / (2 * eps)
+  np.testing.assert_allclose(np.sum(g * direction), numeric, rtol=1e-5)
+  assert np.abs(g).max() > 0
+  mapped = jax.vmap(lambda v: total(v).std)(V)
+  np.testing.assert_allclose(mapped, total(V).std, rtol=1e-10, atol=1e-14)
+
+
 def test_total_variance_with_weights_equals_per_sample_masks():
   W, U, rng = _problem(13, np.float64)
   keep = (rng.random(U.shape) > 0.3).astype(np.float64)
