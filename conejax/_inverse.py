@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from conejax import (_checks, _cone, _divergence, _loops, _nmf, _nmf_checks, _nmf_steps, _nnls,
-                     solvers)
+                     _posterior, solvers)
 from conejax._cone import Cones, check_temperature
 from conejax.operators import _base as operators
 
@@ -155,62 +155,6 @@ def _guarded(fn, loss):
   return _checks.not_differentiable(fn, _NO_GRAD_L1) if loss == "l1" else fn
 
 
-def posterior_weights(misfit, temperature, loss):
-  """p_k = softmax(-D_k^2 / T) with D_k^2 = 2 misfit_k (l2, as ``predict_proba``) or
-  softmax(-misfit_k / T) (l1), over the last axis, from differences to the smallest."""
-  scaled = misfit * (2 if loss == "l2" else 1)
-  return jax.nn.softmax(-(scaled - jnp.min(scaled, -1, keepdims=True)) / temperature, -1)
-
-
-def _mixture(U, p, within=None):
-  """Mean sum_k p_k u_k and per-pixel standard deviation of (N, K, m) U under (N, K) p,
-  plus sum_k p_k within_k with each component's own variance ``within`` (N, K, m)."""
-  mean = jnp.einsum("nk,nkm->nm", p, U, precision=_HIGHEST)
-  spread = (U - mean[:, None]) ** 2 if within is None else (U - mean[:, None]) ** 2 + within
-  var = jnp.einsum("nk,nkm->nm", p, spread, precision=_HIGHEST)
-  positive = var > 0
-  return mean, jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1)), 0)  # grad-safe at 0
-
-
-def _within_variance(B, W_k, h, misfit, weights):
-  """Per-pixel variance (m,) of W_k h's least-squares estimate on its active set, one sample.
-
-  The code's covariance on the support S = {h > 0} is sigma^2 (B_S^T M B_S + eps I)^{-1},
-  with B = A W_k (k, d) this sample's cone through its operator, M its entry weights (1
-  without), sigma^2 = 2 misfit / max(n - |S|, 1) the noise variance estimated from the residual (n the
-  weight of the entries that A W_k reaches: rows of B that are not all zero) and
-  eps = sqrt(machine epsilon) max_j (B^T M B)_jj, a ridge that keeps a near-singular support
-  finite; the variance of u = W_k h is the diagonal of W_S Cov W_S^T.
-  """
-  d = h.shape[-1]
-  M = jnp.ones(B.shape[:1], B.dtype) if weights is None else weights
-  active = h > 0
-  G = jnp.dot(B.T * M[None], B, precision=_HIGHEST)
-  eps = jnp.sqrt(jnp.finfo(B.dtype).eps) * jnp.max(jnp.diagonal(G))
-  both = active[:, None] & active[None, :]
-  system = jnp.where(both, G, 0) + jnp.diag(jnp.where(active, eps, 1.0))
-  inverse = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(system), True),
-                                       jnp.eye(d, dtype=B.dtype))
-  inverse = jnp.where(both, inverse, 0)
-  reached = jnp.sum(jnp.where(jnp.any(B != 0, axis=-1), M, 0))
-  noise = 2 * misfit / jnp.maximum(reached - jnp.sum(active), 1)
-  Y = jnp.dot(W_k, inverse, precision=_HIGHEST)
-  return noise * jnp.sum(Y * W_k, axis=-1)
-
-
-def _within_variances(W, B, A, h, misfit, weights, per_sample, chunk):
-  """(n, K, m) ``_within_variance`` of every sample on every cone, ``chunk`` samples at a
-  time; B is the (K, k, d) shared A W_k, or None with per-sample operators A."""
-  def one(args):
-    A_i, h_i, misfit_i, M_i = args
-    B_i = (jax.vmap(operators.apply_to_dictionary, (None, 0))(A_i, W) if per_sample else B)
-    return jax.vmap(_within_variance, (0, 0, 0, 0, None))(B_i, W, h_i, misfit_i, M_i)
-
-  if not per_sample:
-    A = jnp.zeros(h.shape[:1], h.dtype)   # a placeholder leaf, one per sample
-  return _loops.in_chunks(lambda a: jax.vmap(one)(a), (A, h, misfit, weights), chunk)
-
-
 @functools.partial(jax.jit, static_argnames=("loss", "select", "per_sample", "options",
                                              "chunk", "variance"))
 def _reconstruct(W, V, A, mu, temperature, weights, *, loss, select, per_sample, options,
@@ -239,8 +183,8 @@ def _reconstruct(W, V, A, mu, temperature, weights, *, loss, select, per_sample,
   misfit = _misfit(AU - V[:, None], loss, None if weights is None else weights[:, None])
   within = None
   if select == "posterior" and variance == "total":
-    within = _within_variances(W, None if per_sample else B, A, h, misfit, weights,
-                               per_sample, chunk)
+    within = _posterior.within_variances(W, None if per_sample else B, A, h, misfit,
+                                         weights, per_sample, chunk)
   return _select(U, h, misfit, converged, mu, temperature, loss=loss, select=select,
                  within=within)
 
@@ -255,8 +199,8 @@ def _select(U, h, misfit, converged, mu, temperature, *, loss, select, within=No
   if select == "union":
     return Reconstruction(U[:, 0], h[:, 0], misfit[:, 0], none, converged[:, 0])
   if select == "posterior":
-    p = posterior_weights(misfit, temperature, loss)
-    mean, std = _mixture(U, p, within)
+    p = _posterior.posterior_weights(misfit, temperature, loss)
+    mean, std = _posterior.mixture(U, p, within)
     return Reconstruction(mean, h, misfit, jnp.argmax(p, -1).astype(jnp.int32),
                           jnp.all(converged, -1), std)
   objective = misfit + mu * jnp.sum(h, axis=-1)

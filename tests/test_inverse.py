@@ -304,7 +304,8 @@ def test_total_variance_with_weights_equals_per_sample_masks():
   masked = run(A=jax.vmap(operators.mask)(jnp.asarray(keep)), per_sample_operator=True,
                tol=1e-12, max_iter=50000)
   within = np.zeros(U.shape)
-  p = np.asarray(conejax._inverse.posterior_weights(weighted.misfit, 0.2, "l2"))
+  p = np.asarray(conejax.predict_proba(conejax.make_cones(W, 0.0), V, temperature=0.2,
+                                       weights=keep))
   for n, k, var in _within_reference(W, V, operators.identity(M), weighted, keep):
     within[n] += p[n, k] * var
   chunked = run(weights=keep, chunk_size=4)                 # 6 samples: a padded last chunk
