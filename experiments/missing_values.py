@@ -162,7 +162,8 @@ def figure(X, observed, M, filled, plain, weighted, knn, rank, path):
 
 def markdown(result):
   pct = lambda x: f"{100 * x:.2f}"
-  lines = [f"`python experiments/missing_values.py{' --quick' if result['mode'] == 'quick' else ''}` "
+  quick = " --quick" if result["mode"] == "quick" else ""
+  lines = [f"`python experiments/missing_values.py{quick}` "
            f"({result['n_train']} MNIST training digits with {100 * result['fraction']:.0f}% of "
            f"their pixels missing at random, {100 * result['observed_fraction']:.1f}% observed; "
            f"{result['n_test']} test digits; fit_cones defaults; {result['seconds']:.0f} s wall). "

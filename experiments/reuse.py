@@ -5,14 +5,16 @@
     python experiments/reuse.py --tables   # re-render results/reuse.md and docs/reuse.md
     python experiments/reuse.py --only digits          # rerun the load_digits part alone
     python experiments/reuse.py --only digits --tune   # its fine-tuning settings' grid
+    python experiments/reuse.py --only uncertainty     # rerun the posterior part alone
 
 Cones trained once on clean MNIST serve tasks they were never trained for (issue 17):
 
-1. degraded MNIST (2x / 4x pooling, 50% / 80% missing pixels with one mask per image, the
-   5x5 box blur + noise 0.01, Gaussian sensing k = 100 / 200): accuracy of the clean cones
-   through A (``conejax.predict(cones, V, A=A)``) against a clean-trained MLP and logistic
-   regression (scikit-learn) on the naive inverse (bicubic upsampling, zero fill, the
-   blurred image, minimum-norm least squares) and against cones retrained on degraded data;
+1. degraded MNIST (experiments/reuse_tasks.py: 2x / 4x pooling, 50% / 80% missing pixels
+   with one mask per image, the 5x5 box blur + noise 0.01, Gaussian sensing k = 100 /
+   200): accuracy of the clean cones through A (``conejax.predict(cones, V, A=A)``)
+   against a clean-trained MLP and logistic regression (scikit-learn) on the naive
+   inverse (bicubic upsampling, zero fill, the blurred image, minimum-norm least squares)
+   and against cones retrained on degraded data;
 2. transfer to scikit-learn's 8 x 8 ``load_digits`` through ``operators.resize`` of the
    central 20 x 20 MNIST box (experiments/reuse_digits.py): zero-shot, few-shot (1..20
    labelled digits per class over several draws: the transferred cones with the labelled
@@ -42,21 +44,19 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 import conejax
-from conejax import operators
 from conejax.data import load_mnist
 
 import peers  # noqa: E402  (experiments/ is the script's own folder)
 import reuse_digits  # noqa: E402
+from reuse_tasks import (NAIVE, SHAPE, TASKS, degrade, naive_inverse,  # noqa: E402
+                         options)
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-SHAPE, M = (28, 28), 784
-BOX = np.ones((5, 5)) / 25
 # Every batch that goes through the cones has n_test rows where it can (validation splits
 # too): one compiled program per operator, since compiling the exact solver dominates the
 # quick form's time.
@@ -73,62 +73,10 @@ SIZES = {
                   uncertainty=("pool4",), digits_methods=("exemplars",),
                   all_digits=False, calibration_on_all_test=False),
 }
-TASKS = {  # name: (label, kind, parameter)
-    "pool2": ("2x average pooling", "pool", 2),
-    "pool4": ("4x average pooling", "pool", 4),
-    "missing50": ("50% missing pixels", "missing", 0.5),
-    "missing80": ("80% missing pixels", "missing", 0.8),
-    "blur": ("5x5 box blur + noise 0.01", "blur", 0.01),
-    "sensing100": ("Gaussian sensing k=100", "sensing", 100),
-    "sensing200": ("Gaussian sensing k=200", "sensing", 200),
-}
-NAIVE = {"pool": "bicubic upsampling", "missing": "zero fill", "blur": "the blurred image",
-         "sensing": "minimum-norm least squares"}
-
-
 def timed(fn):
   start = time.perf_counter()
   out = jax.block_until_ready(fn())
   return out, time.perf_counter() - start
-
-
-# ----------------------------------------------------------------------------- degradations
-
-
-def degrade(task, U, rng):
-  """Observations of the rows of U: dict(V, A, per_sample) for ``conejax.distance``."""
-  _, kind, p = TASKS[task]
-  if kind == "pool":
-    A = operators.downsample(p, SHAPE)
-    return dict(V=np.asarray(operators.apply(A, U)), A=A, per_sample=False)
-  if kind == "missing":
-    keep = (rng.random(U.shape) >= p).astype(np.float32)
-    return dict(V=U * keep, A=jax.vmap(operators.mask)(jnp.asarray(keep)), per_sample=True,
-                keep=keep)
-  if kind == "blur":
-    A = operators.blur(BOX, SHAPE, boundary="zero")
-    V = np.asarray(operators.apply(A, U)) + p * rng.standard_normal(U.shape)
-    return dict(V=V.astype(np.float32), A=A, per_sample=False)
-  A = operators.gaussian_sensing(jax.random.key(p), p, M)
-  return dict(V=np.asarray(operators.apply(A, U)), A=A, per_sample=False)
-
-
-def naive_inverse(task, obs):
-  """The naive estimate in the 28 x 28 space, for the clean-trained MLP and regression."""
-  from skimage import transform
-  _, kind, p = TASKS[task]
-  if kind == "pool":
-    small = (28 // p, 28 // p)
-    return np.stack([transform.resize(v.reshape(small), SHAPE, order=3, mode="edge").reshape(-1)
-                     for v in obs["V"]]).astype(np.float32)
-  if kind == "sensing":
-    dense = np.asarray(operators.materialise(obs["A"]), np.float64)  # the baseline needs it
-    return (obs["V"] @ np.linalg.pinv(dense).T).astype(np.float32)
-  return obs["V"]
-
-
-def options(obs):
-  return dict(A=obs["A"], per_sample_operator=obs["per_sample"])
 
 
 # ----------------------------------------------------------------------------- scikit-learn
