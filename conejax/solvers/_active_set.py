@@ -12,8 +12,9 @@ solution, and stops as soon as it is feasible.
 The passive set starts from ``warm_start`` APG iterations (the support of the iterate), so
 it is small from the start on sparse problems (at most 9 of 64 variables for MNIST digits on
 k-means class cones); the systems G_FF are gathered into small batched systems
-(``_linalg.solve_on_support``). The answer is exact to rounding in float32 and float64: the
-only inexactness is the backward error of a Cholesky solve of G_FF (a pivot below
+(``_linalg.solve_on_support``: a Cholesky, or for supports above 16 conjugate gradients run
+to a residual at rounding level). The answer is exact to rounding in float32 and float64:
+the only inexactness is the backward error of those solves of G_FF (a Cholesky pivot below
 10 eps max diag(G), a singular G_FF as in unions of cones, is replaced by that ridge).
 
 Signs are tested against rounding: x_i < 0 and y_i < -t with t = 16 eps (||q||_inf +
@@ -84,6 +85,7 @@ class ActiveSet(_protocol.AbstractSolver):
   warm_start: int = 30
   backup: int = 3
   tol = None
+  compacts = True
 
   def __post_init__(self):
     self.validate_settings("backup")
