@@ -87,16 +87,12 @@ def _solve_shared(B, V, mu, loss, options, weights=None):
     single = lambda v, m: _solve_shared(m[:, None] * B, (m * v)[None], mu, loss, one)
     out = _loops.in_chunks(lambda a: jax.vmap(single)(*a), (V, weights), options["batch_size"])
     return jax.tree.map(lambda x: x[:, 0], out)
-  if weights is not None:
-    return _nnls.solve_dictionary(B, V, mu, jnp.zeros(V.shape[:1] + B.shape[1:], V.dtype),
-                                  weights, **options)
   if loss == "l1":
-    out = solvers.solve(options["solver"], solvers.L1Problem(B, V, mu),
-                        batch_size=options["batch_size"])
-  else:
-    G = jnp.dot(B.T, B, precision=_HIGHEST)
-    out = _nnls.solve_gram(G, jnp.dot(V, B, precision=_HIGHEST), mu, **options)
-  return out
+    return solvers.solve(options["solver"], solvers.L1Problem(B, V, mu),
+                         batch_size=options["batch_size"])
+  # weighted or not, one path: the same products, so all-ones weights give the same codes
+  return _nnls.solve_dictionary(B, V, mu, jnp.zeros(V.shape[:1] + B.shape[1:], V.dtype),
+                                weights, **options)
 
 
 def _lipschitz_estimate(gram, shape, dtype, n_iter=30, safety=1.1):
@@ -538,7 +534,8 @@ def separate(cones, V, *, mu_h=None, wiener: bool = True, solver="auto",
                                            batch_size=batch_size, differentiation="implicit",
                                            penalty=penalty, n_atoms=W.shape[0] * W.shape[2],
                                            n_features=W.shape[1])
-  options = tuple(sorted(dict(solver=solver, batch_size=batch_size, penalty=penalty).items()))
+  options = tuple(sorted(dict(solver=solver, batch_size=batch_size, penalty=penalty,
+                               differentiation="implicit").items()))
   parts, out = _separate(W.astype(dtype), V.astype(dtype), mu, wiener=bool(wiener),
                          options=options)
   union = jnp.transpose(W, (1, 0, 2)).reshape(W.shape[1], -1)

@@ -93,6 +93,9 @@ def _solve_weighted(W, M, C, mu, H0, **options):
   return _loops.in_chunks(lambda a: jax.vmap(one)(*a), (M, C, H0), chunk)
 
 
+MIN_ROWS = 64  # the fewest rows a product is formed with (see solve_dictionary)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def solve_dictionary(W, V, mu, H0, weights=None, *, solver, batch_size, differentiation,
                      penalty):
@@ -116,13 +119,17 @@ def solve_dictionary(W, V, mu, H0, weights=None, *, solver, batch_size, differen
   X = V.reshape(-1, m)
   M = None if weights is None else weights.reshape(-1, m)
   H0 = (H0 if W.ndim == 3 else H0[..., None, :]).reshape(X.shape[0], W3.shape[0], d)
-  # XLA:CPU computes a single row's products as matrix-vector products, whose rounding
-  # differs from a batch's matrix products (1e-5 relative in float32 codes on k-means
-  # cones): a lone sample is solved as two copies, so its code is bitwise its code in a batch.
-  single = X.shape[0] == 1
-  if single:
-    X, H0 = jnp.concatenate([X, X]), jnp.concatenate([H0, H0])
-    M = None if M is None else jnp.concatenate([M, M])
+  # XLA:CPU picks its matrix-product kernel by the number of rows: below about 50 rows
+  # (a lone row: matrix-vector products) a row's product V W rounds differently from the
+  # same row's in a larger batch (1e-5 relative in float32 codes on k-means cones, 1e-4 on
+  # a 120 x 40 dictionary): fewer than MIN_ROWS samples are solved with copies of
+  # themselves up to MIN_ROWS rows, so a code is bitwise its code in any batch.
+  n = X.shape[0]
+  padded = 0 < n < MIN_ROWS
+  if padded:
+    pad = jnp.arange(MIN_ROWS) % n
+    X, H0 = X[pad], H0[pad]
+    M = None if M is None else M[pad]
   ea = _scale.exponent_of(X if M is None else jnp.where(M > 0, X, 0), -1)
   eb = _scale.exponent_of(W3, (1, 2))
   X = jnp.ldexp(X, -ea[:, None])
@@ -144,8 +151,8 @@ def solve_dictionary(W, V, mu, H0, weights=None, *, solver, batch_size, differen
     return out._replace(h=jnp.ldexp(out.h, shift))
 
   out = lax.map(one, (W3, eb, jnp.moveaxis(H0, 1, 0)))           # leaves (K, n, ...)
-  if single:
-    out = jax.tree_util.tree_map(lambda x: x[:, :1], out)
+  if padded:
+    out = jax.tree_util.tree_map(lambda x: x[:, :n], out)
   if W.ndim == 2:
     return NNLSResult(*(x[0].reshape(batch + x.shape[2:]) for x in out))
   return NNLSResult(*(jnp.moveaxis(x, 0, 1).reshape(batch + (W3.shape[0],) + x.shape[2:])
