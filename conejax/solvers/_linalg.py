@@ -15,8 +15,9 @@ on a 2-core CPU, against 220 ms for LAPACK's batched ``potrf``); in a block of o
 they are all solved at once, without a loop. Larger supports are solved first by conjugate
 gradients on the masked system (one product with the shared G per iteration, the fast
 operation of XLA:CPU) in blocks of CG_BLOCK rows, each row to a true residual within
-``residual_bound`` (the rounding error of G x - q, so the answer is as exact as a
-factorisation's) in at most CG_MAX_ITER iterations: 10000 MNIST digits on a rank-64 NMF
+``residual_bound`` (the worst-case rounding error of G x - q; relative objective gaps to
+scipy's NNLS of at most 2e-8 in float32 on random 150 x 40 problems of cond 1e2 to 1e6,
+where the Cholesky gives 6e-11) in at most CG_MAX_ITER iterations: 10000 MNIST digits on a rank-64 NMF
 dictionary, supports of 17 to 54 atoms, in 30% of the looped Cholesky's time. The rows CG
 leaves (ill-conditioned G_SS) go to the smallest size of ``sizes(d)`` (steps of about
 1.4x) that holds them, solved by a Cholesky looped over columns. (LAPACK's ``potrf`` there
@@ -188,7 +189,8 @@ CG_BLOCK = 128
 CG_ABOVE = UNROLLED
 CG_MAX_ITER = 32
 CG_PASS = 4     # iterations per pass of the loop (XLA:CPU copies the carry once a pass)
-CG_TOL = 16
+CG_TOL = 4
+CG_STOP = 0.25  # the recurrence's residual stops at this fraction of the bound
 
 
 def residual_bound(G, Q, x):
@@ -210,7 +212,7 @@ def _conjugate_gradient(G, Q, support):
   x = jnp.zeros_like(Q)
   r = Q * mask
   rr = jnp.sum(r * r, axis=-1)
-  done = jnp.max(jnp.abs(r), axis=-1) <= 0.5 * residual_bound(G, Q, x)
+  done = jnp.max(jnp.abs(r), axis=-1) <= CG_STOP * residual_bound(G, Q, x)
 
   def iteration(_, carry):
     x, r, p, rr, done = carry
@@ -221,8 +223,8 @@ def _conjugate_gradient(G, Q, support):
     rr_new = jnp.sum(r_new * r_new, axis=-1)
     beta = jnp.where(rr > 0, rr_new / jnp.where(rr > 0, rr, 1), 0)[:, None]
     p_new = r_new + beta * p
-    # the recurrence's residual at half the bound; the true one is checked at the end
-    done_new = jnp.max(jnp.abs(r_new), axis=-1) <= 0.5 * residual_bound(G, Q, x_new)
+    # the recurrence's residual below CG_STOP of the bound; the true one is checked at the end
+    done_new = jnp.max(jnp.abs(r_new), axis=-1) <= CG_STOP * residual_bound(G, Q, x_new)
     keep = done[:, None]
     return (jnp.where(keep, x, x_new), jnp.where(keep, r, r_new), jnp.where(keep, p, p_new),
             jnp.where(done, rr, rr_new), done | done_new)
