@@ -53,6 +53,31 @@ def test_compress_keeps_n_nonzero_and_refits_exactly():
     conejax.compress(W, X, 7)
 
 
+COMPRESS_SCRIPT = """
+import numpy as np, conejax
+rng = np.random.default_rng(0)
+W = rng.random((100, 64)).astype(np.float32) ** 4
+X = (rng.random((200, 64)) ** 3 @ W.T).astype(np.float32)
+H, error = conejax.compress(W, X, 5)
+print("done", int(np.max(np.sum(np.asarray(H) > 0, axis=1))), float(np.max(error)))
+"""
+
+
+def test_compress_finishes_at_the_default_compiler_level():
+  """compress refits on each sample's support by a vmapped active set with a per-sample G.
+  Solving a single block of rows without a loop there deadlocked XLA:CPU at its default
+  flags (the main job hung); this shape did, in a process with XLA's default flags."""
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run([sys.executable, "-c", COMPRESS_SCRIPT], capture_output=True,
+                       text=True, env=dict(env, JAX_PLATFORMS="cpu"), timeout=180, check=False)
+  assert run.returncode == 0, run.stderr[-2000:]
+  done = [line.split() for line in run.stdout.split("\n") if line.startswith("done")]
+  assert len(done) == 1 and int(done[0][1]) <= 5 and 0 < float(done[0][2]) < 1, run.stdout
+
+
 def test_kcones_separates_two_cones():
   cones = _two_cones()
   rng = np.random.default_rng(3)

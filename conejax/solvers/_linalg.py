@@ -11,8 +11,8 @@ the active-set solver re-solves only its unfinished samples), each at the size o
 support. Supports of at most UNROLLED = 16 variables (nearly all of them on sparse problems)
 are factorised by a Cholesky written out entry by entry on samples-last (P, P, n) arrays,
 which XLA turns into a few vector loops over the samples (100,000 16 x 16 systems in 23 ms
-on a 2-core CPU, against 220 ms for LAPACK's batched ``potrf``); in a block of one chunk
-they are all solved at once, without a loop. Larger supports are solved first by conjugate
+on a 2-core CPU, against 220 ms for LAPACK's batched ``potrf``), UNROLLED_BLOCK rows at a
+time (a chunk of 2048 in one pass). Larger supports are solved first by conjugate
 gradients on the masked system (one product with the shared G per iteration, the fast
 operation of XLA:CPU) in blocks of CG_BLOCK rows, each row to a true residual within
 ``residual_bound`` (the worst-case rounding error of G x - q; relative objective gaps to
@@ -164,9 +164,9 @@ def plan(d: int) -> tuple[tuple[int, bool, int], ...]:
 def _solve_bucket(G, Q, support, ridge, x, todo, P, looped, block):
   """Solves the rows marked ``todo`` into x, compacted ``block`` rows at a time."""
   n = Q.shape[0]
-  if block >= n:  # one block: every row solved at once, no loop and no compaction
-    return jnp.where(todo[:, None], _gathered(G, Q, support & todo[:, None], ridge, P, looped),
-                     x)
+  # Always the loop, also for a single block: solved directly (no loop) under vmap with a
+  # per-sample G, XLA:CPU deadlocked at its default flags (jax 0.10.2; conejax.compress).
+  block = min(block, n)
 
   def body(carry):
     x, todo = carry
