@@ -12,10 +12,13 @@ alternating, for k = 1..n_iter with a decreasing prior level s_k,
     data step:   u_k = argmin_u ||A u - v||^2 + alpha_k ||u - z_k||^2,
                  alpha_k = lam sigma^2 / s_k^2,
 
-where P is the patch-cone projection (``conejax.PatchCones``: each patch's mean plus its
-signed code on the best cone) and the average is over every patch covering a pixel
+where P is the patch-cone projection (``conejax.PatchCones``: each patch's free term, its
+mean or plane, plus its signed code on the best cone) and the average is over every patch covering a pixel
 (weighted by 1 / (1 + nnz), the number of non-zero codes, with ``weights="sparsity"``:
 sparser patch estimates are less noisy, as in BM3D's aggregation).
+
+Each prior step's codes warm-start the next one's exact active-set solves (the patches of
+u_k are close to those of u_{k-1}): the same codes, found with fewer pivots.
 
 The data step is the linear system (A^T A + alpha_k I) u = A^T v + alpha_k z_k. For a
 mask it is solved in closed form, u = (M v + alpha z) / (M^2 + alpha) per pixel; for every
@@ -78,7 +81,7 @@ from jax import lax
 
 from conejax import _checks, _nnls, _scale
 from conejax import patches as _patches
-from conejax._patch_cones import PatchCones, posterior_patches, project_patches
+from conejax._patch_cones import PatchCones, code_size, posterior_patches, project_patches
 from conejax.operators import LinearOperator, blur, identity
 from conejax.operators._image import Mask
 
@@ -136,15 +139,17 @@ def _image_patches(U, geometry):
   return jax.vmap(lambda u: _patches.extract_flat(u, *geometry))(U)
 
 
-def _prior_step(pc, U, mu, geometry, weights, solver, reweight):
-  """Overlap-averaged patch-cone projections of the images U (N, H W)."""
+def _prior_step(pc, U, mu, codes, geometry, weights, solver, reweight):
+  """Overlap-averaged patch-cone projections of the images U (N, H W), and every cone's
+  codes (K, N n, code size) of their patches, the solves warm-started from ``codes``."""
   X = _image_patches(U, geometry)
   (N, n, m), mu = X.shape, jnp.repeat(mu, X.shape[1])[:, None]  # each image's mu per patch
-  P, nnz = project_patches(pc, X.reshape(N * n, m), mu, solver=solver, reweight=reweight)
-  return _aggregate(P.reshape(N, n, m), nnz.reshape(N, n), geometry, weights)
+  P, nnz, codes = project_patches(pc, X.reshape(N * n, m), mu, solver=solver,
+                                  reweight=reweight, codes=codes)
+  return _aggregate(P.reshape(N, n, m), nnz.reshape(N, n), geometry, weights), codes
 
 
-def _posterior_step(pc, U, mu, temperature, geometry, weights, solver, reweight):
+def _posterior_step(pc, U, mu, codes, temperature, geometry, weights, solver, reweight):
   """The posterior prior step of the images U (N, H W): mean and variance (N, H W).
 
   Pixel i's law is the mixture over the patches j covering it (overlap weights
@@ -156,7 +161,7 @@ def _posterior_step(pc, U, mu, temperature, geometry, weights, solver, reweight)
   per_patch = lambda a: jnp.repeat(a, n)
   dc, fits, p, nnz = posterior_patches(pc, X.reshape(N * n, m), per_patch(mu)[:, None],
                                        per_patch(temperature), solver=solver,
-                                       reweight=reweight)
+                                       reweight=reweight, codes=codes)
   # With one cone p = 1 exactly: the plain prior step's arithmetic, so the same image.
   mean = dc + (fits[0] if fits.shape[0] == 1 else jnp.sum(p[..., None] * fits, axis=0))
   nnz = nnz.reshape(N, n)
@@ -184,21 +189,25 @@ def _restore(pc, V, A, levels, alphas, tau, init, temperature, *, geometry, cg_i
   data = jax.vmap(lambda v, z, x0, alpha: data_step(A, v, z, alpha, cg_iter=cg_iter, x0=x0))
   tiny_alpha = alphas[0] * 1e-3
   U = data(V, init, init, tiny_alpha)
+  # Each iteration's patch codes warm-start the next one's solves (the same patches of a
+  # nearby image): the same exact codes, with fewer active-set pivots.
+  n_patches = V.shape[0] * _patches.n_patches(*geometry)
+  codes = jnp.zeros((pc.W.shape[0], n_patches, code_size(pc)), V.dtype)
 
   def step(k, state):
-    U, _ = state
-    Z = _prior_step(pc, U, tau * levels[k], geometry, weights, solver, reweight)
-    return data(V, Z, U, alphas[k]), Z
+    U, _, codes = state
+    Z, codes = _prior_step(pc, U, tau * levels[k], codes, geometry, weights, solver, reweight)
+    return data(V, Z, U, alphas[k]), Z, codes
 
   n = levels.shape[0]
   if not uncertainty:
-    U, Z = lax.fori_loop(0, n, step, (U, U))
+    U, Z, _ = lax.fori_loop(0, n, step, (U, U, codes))
     return Z if output == "prior" else U
   # The first n - 1 steps as without uncertainty; the last prior step is the posterior one.
   if n > 1:
-    U, _ = lax.fori_loop(0, n - 1, step, (U, U))
-  Z, var = _posterior_step(pc, U, tau * levels[-1], temperature, geometry, weights, solver,
-                           reweight)
+    U, _, codes = lax.fori_loop(0, n - 1, step, (U, U, codes))
+  Z, var = _posterior_step(pc, U, tau * levels[-1], codes, temperature, geometry, weights,
+                           solver, reweight)
   if output == "prior":
     return Z, var
   gain = jax.vmap(lambda alpha: _data_gain(A, alpha, V.dtype))(alphas[-1])

@@ -1,5 +1,7 @@
 """Patch cones and plug-and-play restoration: references, closed forms, jit, vmap, PSNR."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +65,7 @@ def test_fit_patch_cones_gives_unit_non_negative_atoms(cones, mixture):
 def test_signed_projection_equals_lasso_plus_mean(cones, mu):
   X = np.asarray(conejax.extract_patches(_smooth_images(2, 1, 10)[0], 4, stride=3))
   X = X + 0.05 * np.random.default_rng(0).standard_normal(X.shape)
-  P, nnz = project_patches(cones, jnp.asarray(X), mu)
+  P, nnz, _ = project_patches(cones, jnp.asarray(X), mu)
   W = np.asarray(cones.W[0], np.float64)
   for x, p in zip(X, np.asarray(P)):
     ref = x.mean() + _lasso_fit(W, x - x.mean(), mu)
@@ -77,7 +79,7 @@ def test_reweighted_projection_equals_weighted_lasso(cones):
   X = np.asarray(conejax.extract_patches(_smooth_images(7, 1, 10)[0], 4, stride=3))
   X = X + 0.05 * np.random.default_rng(1).standard_normal(X.shape)
   mu = 0.05
-  P, _ = project_patches(cones, jnp.asarray(X), mu, reweight=1)
+  P, _, _ = project_patches(cones, jnp.asarray(X), mu, reweight=1)
   W = np.asarray(cones.W[0], np.float64)
   for x, p in zip(X, np.asarray(P)):
     r = x - x.mean()
@@ -88,10 +90,48 @@ def test_reweighted_projection_equals_weighted_lasso(cones):
     np.testing.assert_allclose(p, x.mean() + (W / w) @ e, atol=1e-6)
 
 
+@pytest.mark.parametrize("mu", [0.0, 0.05])
+def test_free_plane_projection_equals_lasso_plus_the_least_squares_plane(cones, mu):
+  """free_degree=1: P(x) = plane(x) + W c, the plane fitted by numpy's lstsq on [1, y, x]
+  and c the Lasso code of x - plane(x); a patch that is a plane is returned with no code."""
+  plane_cones = dataclasses.replace(cones, free_degree=1)
+  X = np.asarray(conejax.extract_patches(_smooth_images(8, 1, 10)[0], 4, stride=3))
+  X = X + 0.05 * np.random.default_rng(2).standard_normal(X.shape)
+  y, x = np.mgrid[:4, :4]
+  basis = np.stack([np.ones(16), y.ravel(), x.ravel()], axis=1)
+  ramp = 0.2 + 0.03 * y.ravel() - 0.05 * x.ravel()
+  X = np.concatenate([X, ramp[None]])
+  P, nnz, _ = project_patches(plane_cones, jnp.asarray(X), mu)
+  W = np.asarray(cones.W[0], np.float64)
+  for row, p in zip(X, np.asarray(P)):
+    plane = basis @ np.linalg.lstsq(basis, row, rcond=None)[0]
+    np.testing.assert_allclose(p, plane + _lasso_fit(W, row - plane, mu), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(P)[-1], ramp, atol=1e-12)
+  assert mu == 0 or int(nnz[-1]) == 0  # at mu = 0 rounding-level residuals get codes
+  # The mean is the degree-0 free term: the plane's projection differs from it.
+  P0, _, _ = project_patches(cones, jnp.asarray(X), mu)
+  assert np.max(np.abs(np.asarray(P0)[-1] - ramp)) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warm_started_codes_give_the_cold_projection(mixture, dtype):
+  """codes= only warm-starts the exact solves: the codes of another penalty as the start
+  give the cold start's projection, counts and codes."""
+  X = np.asarray(conejax.extract_patches(_smooth_images(9, 1, 12)[0], 4, stride=2), dtype)
+  X = X + 0.05 * np.random.default_rng(3).standard_normal(X.shape).astype(dtype)
+  _, _, start = project_patches(mixture, jnp.asarray(X), 0.2)
+  assert start.shape == (2, len(X), 12) and start.dtype == dtype
+  cold = project_patches(mixture, jnp.asarray(X), 0.02)
+  warm = project_patches(mixture, jnp.asarray(X), 0.02, codes=start)
+  np.testing.assert_allclose(warm[0], cold[0], atol=TOL[dtype])
+  np.testing.assert_array_equal(warm[1], cold[1])
+  np.testing.assert_allclose(warm[2], cold[2], atol=TOL[dtype])
+
+
 def test_mixture_takes_the_cone_of_least_penalised_objective(mixture):
   X = np.asarray(conejax.extract_patches(_smooth_images(3, 1, 12)[0], 4, stride=4))
   mu = 0.05
-  P, _ = project_patches(mixture, jnp.asarray(X), mu)
+  P, _, _ = project_patches(mixture, jnp.asarray(X), mu)
   for x, p in zip(X, np.asarray(P)):
     r = x - x.mean()
     best = None
@@ -234,6 +274,13 @@ def test_restore_improves_psnr_on_a_real_image(camera):
                                         rank=2, signed=False), "negative"),
     (lambda pc: conejax.fit_patch_cones([np.zeros((2, 8, 8))], 4, key=jax.random.key(0), rank=2),
      "grayscale"),
+    (lambda pc: conejax.fit_patch_cones([np.ones((8, 8))], 4, key=jax.random.key(0), rank=2,
+                                        free_degree=2), "free_degree must be one of"),
+    (lambda pc: conejax.fit_patch_cones([np.ones((8, 8))], 4, key=jax.random.key(0), rank=2,
+                                        signed=False, free_degree=1), "needs signed=True"),
+    (lambda pc: dataclasses.replace(pc, free_degree=3), "free_degree must be one of"),
+    (lambda pc: project_patches(pc, jnp.zeros((5, 16)), 0.1, codes=jnp.zeros((1, 4, 16))),
+     r"codes must have shape \(1, 5, 16\)"),
 ])
 def test_errors_name_the_argument(cones, call, match):
   with pytest.raises(ValueError, match=match):
