@@ -22,8 +22,8 @@ u_k are close to those of u_{k-1}): the same codes, found with fewer pivots.
 
 The data step is the linear system (A^T A + alpha_k I) u = A^T v + alpha_k z_k. For a
 mask it is solved in closed form, u = (M v + alpha z) / (M^2 + alpha) per pixel; for every
-other operator by ``cg_iter`` conjugate-gradient steps warm-started at the previous u,
-using only ``A.mv`` and ``A.T.mv`` (the operator is never materialised). For the identity
+other operator by ``cg_iter`` conjugate-gradient steps started at z_k (with alpha_k = 0,
+noiseless data, CG from z_k converges to the projection of z_k onto {A u = v}), using only ``A.mv`` and ``A.T.mv`` (the operator is never materialised). For the identity
 CG is exact in one step, for a 0/1 mask or average pooling in two (A^T A has two
 eigenvalues).
 
@@ -197,7 +197,10 @@ def _restore(pc, V, A, levels, alphas, tau, init, temperature, *, geometry, cg_i
   def step(k, state):
     U, _, codes = state
     Z, codes = _prior_step(pc, U, tau * levels[k], codes, geometry, weights, solver, reweight)
-    return data(V, Z, U, alphas[k]), Z, codes
+    # CG starts at z: with alpha = 0 (noiseless data) the system A^T A u = A^T v has many
+    # solutions and CG from z converges to the one nearest z, the projection of z onto
+    # {A u = v}; started elsewhere the prior would never enter the data step.
+    return data(V, Z, Z, alphas[k]), Z, codes
 
   n = levels.shape[0]
   if not uncertainty:

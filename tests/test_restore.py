@@ -174,6 +174,26 @@ def test_mask_without_noise_keeps_the_observed_pixels(cones, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_noiseless_data_step_projects_the_prior_step_onto_the_data(cones, dtype):
+  """sigma = 0, an operator other than a mask (2x pooling): the data step is the projection
+  of the last prior step z onto {A u = v}, u = z + A^+ (v - A z) (numpy's pinv of the dense
+  A), so the prior shapes the result (CG started anywhere but z would ignore it)."""
+  truth = _smooth_images(10, 1, 12, dtype)[0].reshape(-1)
+  A = operators.downsample(2, (12, 12))
+  v = np.asarray(A.mv(truth))
+  options = dict(image_shape=(12, 12), sigma=0.0, n_iter=3, stride=2, cg_iter=8,
+                 sigma_start=0.2, tau=0.5)
+  u = np.asarray(conejax.restore(cones, v, A, output="data", **options)).reshape(-1)
+  z = np.asarray(conejax.restore(cones, v, A, output="prior", **options)).reshape(-1)
+  dense = np.asarray(jax.vmap(A.mv)(jnp.eye(144, dtype=dtype))).T  # (36, 144)
+  projection = z + np.linalg.pinv(dense.astype(np.float64)) @ (v - dense @ z)
+  np.testing.assert_allclose(u, projection, atol=20 * TOL[dtype])
+  np.testing.assert_allclose(dense @ u, v, atol=20 * TOL[dtype])
+  start = conejax.restore(cones, v, A, output="data", **{**options, "n_iter": 1})
+  assert np.max(np.abs(u - np.asarray(start).reshape(-1))) > 1e-3  # the prior steps matter
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_data_step_closed_form_cg_and_dense_solve_agree(dtype):
   rng = np.random.default_rng(2)
   m, alpha = 64, 0.3
