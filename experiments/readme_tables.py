@@ -123,6 +123,16 @@ def microscopy_uncertainty(results):
   return _experiment("microscopy_uncertainty").markdown(results)
 
 
+def natural_images(results):
+  return _experiment("natural_images").markdown(results["rows"], results["cones"],
+                                                results["size"])
+
+
+def natural_images_headline(results):
+  return _experiment("natural_images").headline(results["rows"], results["cones"],
+                                                results["size"])
+
+
 def missing_values(results):
   return _experiment("missing_values").markdown(results)
 
@@ -269,6 +279,8 @@ BLOCKS = {"bench_nnls": ("bench_nnls.json", bench_nnls),
           "sweep_cones": ("sweep_cones.json", sweep_cones),
           "microscopy_uncertainty": ("microscopy_uncertainty.json", microscopy_uncertainty),
           "missing_values": ("missing_values.json", missing_values),
+          "natural_images": ("natural_images.json", natural_images),
+          "natural_images_headline": ("natural_images.json", natural_images_headline),
           "mnist_full": ("reproduce_mnist_full.json", mnist_full),
           "main_job": ("reproduce.json", main_job),
           "main_job_timing": ("reproduce.json", main_job_timing),
