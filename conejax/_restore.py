@@ -162,7 +162,8 @@ def _posterior_step(pc, U, mu, codes, temperature, geometry, weights, solver, re
   dc, fits, p, nnz = posterior_patches(pc, X.reshape(N * n, m), per_patch(mu)[:, None],
                                        per_patch(temperature), solver=solver,
                                        reweight=reweight, codes=codes)
-  # With one cone p = 1 exactly: the plain prior step's arithmetic, so the same image.
+  # With one cone p = 1 exactly: the plain prior step's arithmetic, so the same image (to
+  # rounding: this step is compiled outside the loop).
   mean = dc + (fits[0] if fits.shape[0] == 1 else jnp.sum(p[..., None] * fits, axis=0))
   nnz = nnz.reshape(N, n)
   Z = _aggregate(mean.reshape(N, n, m), nnz, geometry, weights)
