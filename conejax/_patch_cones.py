@@ -10,10 +10,11 @@ f(x), unpenalised, and the rest r = x - f(x), coded on the signed pair [W_k, -W_
 
 f(x) is the patch's least-squares polynomial of degree ``free_degree``: 0 its mean (a DC
 term), 1 its plane (mean and the two ramps), which represents smooth shading exactly and
-leaves the atoms for edges and texture. The codes solve a non-negative least squares on 2 d atoms (for mu > 0 it is the Lasso on W_k). The atoms
-are learnt by NMF on the positive and negative parts of training residuals, max(r, 0) and
-max(-r, 0), stacked as samples. With ``signed=False`` raw patches are coded on W_k alone
-(a plain cone; this lost to total variation). With K > 1 each patch takes the cone of the
+leaves the atoms for edges and texture. The codes solve a non-negative least squares on
+2 d atoms (for mu > 0 it is the Lasso on W_k). The atoms are learnt by NMF on the positive
+and negative parts of training residuals, max(r, 0) and max(-r, 0), stacked as samples.
+With ``signed=False`` raw patches are coded on W_k alone (a plain cone; this lost to total
+variation). With K > 1 each patch takes the cone of the
 smallest penalised objective, as a Gaussian-mixture patch prior takes its most likely
 component (EPLL, Zoran and Weiss 2011); the cones come from ``conejax.kcones``.
 """
@@ -35,6 +36,16 @@ _HIGHEST = lax.Precision.HIGHEST
 
 
 FREE_DEGREES = (0, 1)
+
+
+def check_free_degree(free_degree, signed: bool) -> int:
+  """``free_degree`` as an int, or a ValueError that names it and the fix."""
+  if isinstance(free_degree, bool) or free_degree not in FREE_DEGREES:
+    raise ValueError(f"free_degree must be one of {FREE_DEGREES}; got {free_degree!r}.")
+  if free_degree and not signed:
+    raise ValueError("free_degree > 0 needs signed=True: a plain cone of raw patches has no "
+                     "free term.")
+  return int(free_degree)
 
 
 def free_basis(patch_shape, degree: int) -> np.ndarray:
@@ -75,12 +86,7 @@ class PatchCones:
   free_degree: int = 0
 
   def __post_init__(self):
-    if self.free_degree not in FREE_DEGREES:
-      raise ValueError(f"free_degree must be one of {FREE_DEGREES}; got "
-                       f"{self.free_degree!r}.")
-    if self.free_degree and not self.signed:
-      raise ValueError("free_degree > 0 needs signed=True: a plain cone of raw patches has "
-                       "no free term.")
+    check_free_degree(self.free_degree, self.signed)
 
   @property
   def W(self) -> jax.Array:
@@ -149,12 +155,8 @@ def fit_patch_cones(images, patch_shape, *, key: jax.Array, rank: int = 32, n_co
                      f"rank <= {m} (or more cones, n_cones, for a larger dictionary).")
   sample_key, fit_key = jax.random.split(key)
   rng = np.random.default_rng(np.asarray(jax.random.key_data(sample_key)).ravel())
+  free_degree = check_free_degree(free_degree, signed)  # before the fit, not after it
   X = _training_patches(images, patch_shape, n_train, stride, rng)
-  if free_degree not in FREE_DEGREES or isinstance(free_degree, bool):
-    raise ValueError(f"free_degree must be one of {FREE_DEGREES}; got {free_degree!r}.")
-  if free_degree and not signed:
-    raise ValueError("free_degree > 0 needs signed=True: a plain cone of raw patches has no "
-                     "free term.")
   if signed:
     span = np.max(np.abs(X))  # the images' scale: "flat" is relative to it
     # The atoms are learnt about the mean for every free_degree: learnt about the plane
@@ -178,9 +180,9 @@ def fit_patch_cones(images, patch_shape, *, key: jax.Array, rank: int = 32, n_co
   W = W / jnp.where(norm > 0, norm, 1)
   settings = dict(rank=rank, n_cones=n_cones, signed=bool(signed), n_train=int(len(X)),
                   patch_shape=patch_shape, stride=geometry[2], max_iter=max_iter,
-                  free_degree=int(free_degree))
+                  free_degree=free_degree)
   return PatchCones(_cone.make_cones(W, settings=settings), patch_shape, bool(signed),
-                    int(free_degree))
+                    free_degree)
 
 
 def _signed_gram(W):
@@ -194,10 +196,11 @@ def code_size(pc: PatchCones) -> int:
 
 
 def _cone_fits(pc: PatchCones, X: jax.Array, mu, solver, reweight: int, codes=None):
-  """Every cone's coding of patches X (n, m) at penalty mu (a scalar or (n, 1)): the DC term
-  (n, 1), the fits (K, n, m) about it, penalised objectives (K, n), code counts (K, n) and
-  the codes (K, n, code_size), warm-started from ``codes`` (K, n, code_size) if given (the
-  active set is exact from any start; a start near the answer saves its pivots)."""
+  """Every cone's coding of patches X (n, m) at penalty mu (a scalar or (n, 1)): the free
+  term (n, 1), or (n, m) for ``free_degree`` 1, the fits (K, n, m) about it, penalised
+  objectives (K, n), code counts (K, n) and the codes (K, n, code_size), warm-started from
+  ``codes`` (K, n, code_size) if given (the active set is exact from any start; a start
+  near the answer saves its pivots)."""
   d = code_size(pc)
   solver, _ = _nnls.check_options(solver, max_iter=None, tol=None, batch_size=2048,
                                   differentiation="implicit", n_atoms=d)
@@ -278,9 +281,8 @@ def posterior_patches(pc: PatchCones, X: jax.Array, mu, temperature, *, solver="
 
   Returns:
     (dc, fits, p, nnz): the free terms (n, 1), or (n, m) with ``free_degree`` 1, the fits
-    (K, n, m) (x_jk = dc + fits[k]), the
-    probabilities (K, n), and the expected number of non-zero codes sum_k p_jk nnz_jk (n,),
-    in X's dtype.
+    (K, n, m) (x_jk = dc + fits[k]), the probabilities (K, n), and the expected number of
+    non-zero codes sum_k p_jk nnz_jk (n,), in X's dtype.
   """
   dc, fits, objectives, nnzs, _ = _cone_fits(pc, X, mu, solver, reweight, codes)
   T = jnp.broadcast_to(jnp.asarray(temperature, X.dtype), objectives.shape[1:])

@@ -13,9 +13,9 @@ alternating, for k = 1..n_iter with a decreasing prior level s_k,
                  alpha_k = lam sigma^2 / s_k^2,
 
 where P is the patch-cone projection (``conejax.PatchCones``: each patch's free term, its
-mean or plane, plus its signed code on the best cone) and the average is over every patch covering a pixel
-(weighted by 1 / (1 + nnz), the number of non-zero codes, with ``weights="sparsity"``:
-sparser patch estimates are less noisy, as in BM3D's aggregation).
+mean or plane, plus its signed code on the best cone) and the average is over every patch
+covering a pixel (weighted by 1 / (1 + nnz), the number of non-zero codes, with
+``weights="sparsity"``: sparser patch estimates are less noisy, as in BM3D's aggregation).
 
 Each prior step's codes warm-start the next one's exact active-set solves (the patches of
 u_k are close to those of u_{k-1}): the same codes, found with fewer pivots.
@@ -23,7 +23,8 @@ u_k are close to those of u_{k-1}): the same codes, found with fewer pivots.
 The data step is the linear system (A^T A + alpha_k I) u = A^T v + alpha_k z_k. For a
 mask it is solved in closed form, u = (M v + alpha z) / (M^2 + alpha) per pixel; for every
 other operator by ``cg_iter`` conjugate-gradient steps started at z_k (with alpha_k = 0,
-noiseless data, CG from z_k converges to the projection of z_k onto {A u = v}), using only ``A.mv`` and ``A.T.mv`` (the operator is never materialised). For the identity
+noiseless data, CG from z_k converges to the projection of z_k onto {A u = v}), using only
+``A.mv`` and ``A.T.mv`` (the operator is never materialised). For the identity
 CG is exact in one step, for a 0/1 mask or average pooling in two (A^T A has two
 eigenvalues).
 

@@ -342,7 +342,7 @@ def markdown(rows, cones_label, size):
 
 
 def headline(rows, cones_label, size):
-  """One line per task: conejax against the best baseline and BM3D (means, PSNR dB)."""
+  """One line per task: conejax against the task's best baseline (means, PSNR dB)."""
   tasks = list(dict.fromkeys(r["task"] for r in rows))
   mean = lambda task, name: np.mean([r["psnr"] for r in rows
                                      if r["task"] == task and r["method"] == name])
