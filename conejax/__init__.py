@@ -38,6 +38,10 @@ from conejax._nnls import nnls_gram as nnls_gram
 from conejax._nnls_l1 import nnls_l1 as nnls_l1
 from conejax._patch_cones import PatchCones as PatchCones
 from conejax._patch_cones import fit_patch_cones as fit_patch_cones
+from conejax._refine import Blend as Blend
+from conejax._refine import Fill as Fill
+from conejax._refine import Keep as Keep
+from conejax._refine import refine as refine
 from conejax._restore import Restoration as Restoration
 from conejax._restore import restore as restore
 from conejax._sharding import distance_sharded as distance_sharded

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from conejax import (_checks, _cone, _divergence, _loops, _nmf, _nmf_checks, _nmf_steps, _nnls,
-                     _posterior, solvers)
+                     _posterior, _refine, solvers)
 from conejax._cone import Cones, check_temperature
 from conejax.operators import _base as operators
 
@@ -258,7 +258,8 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                 tol: float | None = None, batch_size: int = 2048, chunk_size: int = 64,
                 differentiation: str = "implicit", solver="auto",
                 temperature=None, beta_loss=None, weights=None,
-                missing: str | None = None, variance: str = "mixture") -> Reconstruction:
+                missing: str | None = None, variance: str = "mixture",
+                refine=None) -> Reconstruction:
   """Reconstructs signals u from observations v = A u + noise by projecting onto cone(A W).
 
   Solves h* = argmin_{h >= 0} 0.5 ||A W h - v||^2 + mu_h sum(h) (``loss="l2"``) or
@@ -325,6 +326,13 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       and ``tol`` (1e-5) apply, and ``loss="l1"`` and per-sample operators do not.
     weights: None, or (k,) / (N, k) weights in [0, 1] of the entries of V (0 = missing).
     missing: None, or "nan": NaN entries of V are missing (weight 0).
+    refine: None, or a refinement of each estimate by its observation (``u`` is then the
+      refined estimate; h, misfit and cone stay the cones'): ``conejax.Blend(alpha)``, the
+      MAP blend for Gaussian noise; ``conejax.Keep(threshold)``, the observed pixels the fit
+      explains (impulsive noise, with ``loss="l1"``); ``conejax.Fill(width, image_shape)``,
+      observed pixels kept and the cone's fill corrected by its interpolated residual
+      (missing pixels). See ``conejax.refine``; it equals ``conejax.refine(refine, V,
+      reconstruct(...).u, A)``. Not with ``select="posterior"`` or ``weights``.
 
   Returns:
     ``Reconstruction`` (u, h, misfit, cone, converged); see its fields for shapes. A single sample
@@ -335,7 +343,8 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
       with ``missing="nan"``), weights not of V's shape or outside [0, 1] (under jit these
       make the result NaN), or mu_h < 0; under a beta-divergence, on negative V or A W,
       zeros of V (of non-zero weight) for beta <= 0, loss="l1", per-sample operators or
-      NNLS options other than their defaults.
+      NNLS options other than their defaults; for a refinement that does not apply (Keep
+      and Fill need a mask or the identity), or one with ``select="posterior"`` or weights.
 
   Example:
     >>> import jax, jax.numpy as jnp, conejax
@@ -361,6 +370,13 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     raise ValueError("temperature goes with select='posterior' (and it needs one): pass "
                      "temperature=conejax.calibrate(cones, X_val, y_val) or 2 sigma^2 for noise "
                      f"sigma; got select={select!r}, temperature={temperature!r}.")
+  if refine is not None and select == "posterior":
+    raise ValueError("refine refines one estimate per cone or sample; select='posterior' "
+                     "returns a mixture with its std. Refine with select='each' or 'best'.")
+  if refine is not None and (weights is not None or missing is not None):
+    raise ValueError("refine with weights: Keep and Fill know the observed pixels from A; pass "
+                     "the missing entries as an operator, A = operators.mask(M), instead of "
+                     "weights=M.")
   temperature = (check_temperature(temperature) if temperature is not None
                  else jnp.ones(()))
   W, mu_h, single_dictionary = _as_stack(dictionary, mu_h)
@@ -394,6 +410,9 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                        f"axis of N = {V.shape[0]} samples; got leading sizes {sizes}.")
     if single_sample:
       A = jax.tree.map(lambda x: x[None], A)
+  if refine is not None:
+    _refine.check_refinement(refine, jax.tree.map(lambda x: x[0], A) if per_sample_operator
+                             else A, m)
   dtype = jnp.result_type(W, V)
   mu = _checks.check_penalty(mu_h, "mu_h").astype(dtype)
   weights = None if weights is None else weights.astype(dtype)
@@ -409,6 +428,7 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
     out = _reconstruct_beta(W.astype(dtype), V.astype(dtype), A, mu, temperature.astype(dtype),
                             widths, weights, select=select, beta=beta, max_iter=steps[0],
                             tol=steps[1])
+    out = _refined(out, refine, V.astype(dtype), A, per_sample_operator)
     return _finish(out, single_dictionary, single_sample, select)
   solver, batch_size = _nnls.check_options(
       solver, max_iter=max_iter, tol=tol, batch_size=batch_size,
@@ -428,7 +448,16 @@ def reconstruct(dictionary, V, A=None, *, mu_h=None, loss: str = "l2", select: s
                      options=tuple(sorted(options.items())),
                      chunk=_checks.check_positive_int(chunk_size, "chunk_size"),
                      variance=variance)
+  out = _refined(out, refine, V.astype(dtype), A, per_sample_operator)
   return _finish(out, single_dictionary, single_sample, select)
+
+
+def _refined(out, refinement, V, A, per_sample):
+  """``out`` with its estimates u refined by their observations V (None: unchanged)."""
+  if refinement is None:
+    return out
+  return out._replace(u=_refine.apply_refinement(refinement, V, out.u, A,
+                                                 per_sample=bool(per_sample)))
 
 
 def _finish(out, single_dictionary, single_sample, select):

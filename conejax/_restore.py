@@ -20,13 +20,13 @@ covering a pixel (weighted by 1 / (1 + nnz), the number of non-zero codes, with
 Each prior step's codes warm-start the next one's exact active-set solves (the patches of
 u_k are close to those of u_{k-1}): the same codes, found with fewer pivots.
 
-The data step is the linear system (A^T A + alpha_k I) u = A^T v + alpha_k z_k. For a
-mask it is solved in closed form, u = (M v + alpha z) / (M^2 + alpha) per pixel; for every
-other operator by ``cg_iter`` conjugate-gradient steps started at z_k (with alpha_k = 0,
-noiseless data, CG from z_k converges to the projection of z_k onto {A u = v}), using only
-``A.mv`` and ``A.T.mv`` (the operator is never materialised). For the identity
-CG is exact in one step, for a 0/1 mask or average pooling in two (A^T A has two
-eigenvalues).
+The data step is the linear system (A^T A + alpha_k I) u = A^T v + alpha_k z_k,
+``conejax.operators.regularised_least_squares``. For a mask and the identity it is solved
+in closed form, u = (M v + alpha z) / (M^2 + alpha) per pixel; for every other operator by
+``cg_iter`` conjugate-gradient steps started at z_k (with alpha_k = 0, noiseless data, CG
+from z_k converges to the projection of z_k onto {A u = v}), using only ``A.mv`` and
+``A.T.mv`` (the operator is never materialised). For average pooling CG is exact in two
+steps (A^T A has two eigenvalues).
 
 Schedule: s_k is geometric from ``sigma_start`` (default max(sigma, 0.1 r)) down to
 ``sigma_end`` (default max(sigma, 0.005 r)) over n_iter steps, r the image's data range
@@ -80,49 +80,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _nnls, _scale
+from conejax import _checks, _nnls, _refine, _scale
 from conejax import patches as _patches
 from conejax._patch_cones import PatchCones, code_size, posterior_patches, project_patches
-from conejax.operators import LinearOperator, blur, identity
-from conejax.operators._image import Mask
+from conejax.operators import (LinearOperator, blur, identity, per_pixel_gain,
+                               regularised_least_squares)
 
 SIGMA_MIN = 0.005  # the lowest default prior level, per unit of data range (noiseless problems)
 SIGMA_START = 0.1  # the first default prior level, per unit of data range
 OUTPUTS = ("prior", "data")
 WEIGHTS = ("uniform", "sparsity")
-# Operators whose data step acts pixel by pixel, u_i = (a_i v_i + alpha z_i) / (a_i^2 + alpha):
-# the std of z passes through it exactly (restore(uncertainty=True, output="data")).
-PER_PIXEL = (Mask, type(identity(1)))
-
-
-def conjugate_gradient(A: LinearOperator, b, x0, alpha, n_iter: int):
-  """``n_iter`` CG steps on (A^T A + alpha I) x = b from x0 (flat arrays), traced."""
-  normal = lambda x: A.T.mv(A.mv(x)) + alpha * x
-  tiny = jnp.finfo(b.dtype).tiny
-
-  def step(_, state):
-    x, r, p, rr = state
-    q = normal(p)
-    pq = jnp.vdot(p, q)
-    a = jnp.where(pq > tiny, rr / jnp.where(pq > tiny, pq, 1), 0)
-    x, r = x + a * p, r - a * q
-    rr_new = jnp.vdot(r, r)
-    p = r + jnp.where(rr > tiny, rr_new / jnp.where(rr > tiny, rr, 1), 0) * p
-    return x, r, p, rr_new
-
-  r = b - normal(x0)
-  return lax.fori_loop(0, n_iter, step, (x0, r, r, jnp.vdot(r, r)))[0]
-
-
-def data_step(A: LinearOperator, v, z, alpha, *, cg_iter: int, x0=None):
-  """argmin_u ||A u - v||^2 + alpha ||u - z||^2 for one flat image: closed form for masks."""
-  if isinstance(A, Mask):
-    M = A.weights.astype(v.dtype)
-    denominator = M * M + alpha
-    safe = jnp.where(denominator > 0, denominator, 1)
-    return jnp.where(denominator > 0, (M * v + alpha * z) / safe, z)
-  b = A.T.mv(v) + alpha * z
-  return conjugate_gradient(A, b, z if x0 is None else x0, alpha, cg_iter)
 
 
 def _aggregate(P, nnz, geometry, weights):
@@ -176,7 +143,7 @@ def _posterior_step(pc, U, mu, codes, temperature, geometry, weights, solver, re
 def _data_gain(A, alpha, dtype):
   """d u_i / d z_i (H W,) of a per-pixel data step (a mask, the identity): its map z -> u is
   diagonal, so the variance of z passes through it exactly, pixel by pixel."""
-  M = A.weights.astype(dtype) if isinstance(A, Mask) else jnp.ones(A.in_size, dtype)
+  M = per_pixel_gain(A, dtype)
   denominator = M * M + alpha
   return jnp.where(denominator > 0, alpha / jnp.where(denominator > 0, denominator, 1), 1)
 
@@ -188,7 +155,8 @@ _STATIC = ("geometry", "cg_iter", "output", "weights", "solver", "reweight", "un
 def _restore(pc, V, A, levels, alphas, tau, init, temperature, *, geometry, cg_iter, output,
              weights, solver, reweight, uncertainty):
   # levels and alphas are (n_iter, N): each image's schedule is in its own units.
-  data = jax.vmap(lambda v, z, x0, alpha: data_step(A, v, z, alpha, cg_iter=cg_iter, x0=x0))
+  data = jax.vmap(lambda v, z, x0, alpha: regularised_least_squares(A, v, z, alpha,
+                                                                     cg_iter=cg_iter, x0=x0))
   tiny_alpha = alphas[0] * 1e-3
   U = data(V, init, init, tiny_alpha)
   # Each iteration's patch codes warm-start the next one's solves (the same patches of a
@@ -216,7 +184,7 @@ def _restore(pc, V, A, levels, alphas, tau, init, temperature, *, geometry, cg_i
   if output == "prior":
     return Z, var
   gain = jax.vmap(lambda alpha: _data_gain(A, alpha, V.dtype))(alphas[-1])
-  return data(V, Z, U, alphas[-1]), gain**2 * var
+  return data(V, Z, Z, alphas[-1]), gain**2 * var
 
 
 class Restoration(NamedTuple):
@@ -267,7 +235,7 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
             n_iter: int = 8, sigma_start=None, sigma_end=None, tau=1.5, lam=1.0, stride=2,
             cg_iter: int = 20, weights: str = "sparsity", output: str = "prior", init=None,
             reweight: int = 0, solver="auto", data_range=None, uncertainty: bool = False,
-            temperature=None) -> jax.Array | Restoration:
+            temperature=None, refine=None) -> jax.Array | Restoration:
   """Restores images from v = A u + noise by HQS with a patch-cone prior.
 
   See the module docstring for the iteration and the schedule of the coupling weight.
@@ -304,6 +272,11 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
       p_jk = softmax_k(-J_jk / T) (only with ``uncertainty=True``); None is s_n^2, the last
       prior level squared. Small T approaches the best cone (the plain image), large T
       weighs the cones equally.
+    refine: None, or a refinement of the restored image by v (``conejax.Blend``,
+      ``conejax.Keep`` or ``conejax.Fill`` with ``image_shape``; see ``conejax.refine``),
+      applied last, in v's units; not with ``uncertainty=True``. The data step already
+      blends with the data (``output="data"``); ``Fill`` suits noiseless masks whose prior
+      steps leave a smooth misfit on the observed pixels.
 
   Returns:
     (H, W) image, or (N, H, W) for a batch; the dtype of v. With ``uncertainty=True`` a
@@ -313,7 +286,8 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     ValueError: if the shapes of v, A and image_shape disagree, a patch does not fit the
       image, sigma, tau, lam or temperature are negative, an option is unknown,
       ``temperature`` is given without ``uncertainty=True``, or ``uncertainty=True`` with
-      ``output="data"`` for an operator other than a mask or the identity.
+      ``output="data"`` for an operator other than a mask or the identity, or for a
+      refinement that does not apply to A (see ``conejax.refine``) or with uncertainty.
 
   Example:
     >>> import jax, numpy as np, conejax
@@ -358,11 +332,17 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   if temperature is not None:
     temperature = _check_scalar(temperature, "temperature", "The posterior temperature, in "
                                 "squared units of v (default sigma_end^2).", positive=True)
-  if uncertainty and output == "data" and not isinstance(A, PER_PIXEL):
+  if uncertainty and output == "data" and per_pixel_gain(A) is None:
     raise ValueError(f"uncertainty=True with output='data' needs a per-pixel data step (a "
                      f"mask or the identity); for {type(A).__name__} the data step mixes "
                      "pixels and the std of the prior step does not pass through it. Pass "
                      "output='prior'.")
+  if refine is not None:
+    if uncertainty:
+      raise ValueError("refine changes the image but not its std: with uncertainty=True "
+                       "restore without refine.")
+    _refine.check_refinement(refine, A, m)
+  observed = V
   fix = "Pass the noise standard deviation of v, in its units."
   sigma = _check_scalar(sigma, "sigma", fix).astype(V.dtype)
   tau = _check_scalar(tau, "tau", "It scales the code penalty mu = tau * level.").astype(V.dtype)
@@ -414,7 +394,11 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     return x[0] if single else x
 
   if not uncertainty:
-    return as_images(out)
+    if refine is None:
+      return as_images(out)
+    image = _refine.apply_refinement(refine, observed, jnp.ldexp(out, e[:, None]), A,
+                                     per_sample=False)  # in v's units
+    return image.reshape(H, W) if single else image.reshape(-1, H, W)
   image, var = out
   positive = var > 0
   std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1)), 0)

@@ -227,43 +227,26 @@ def cone_estimate(dictionary, obs, mu_h, loss, select):
   return np.asarray(cone_reconstruction(dictionary, obs, mu_h, loss, select).u)
 
 
-def map_blend(obs, u, alpha):
-  """MAP estimate under the cone likelihood prior exp(-lam D(u)^2), Gaussian noise.
-
-  argmin_u ||u - v||^2 / (2 sigma^2) + lam ||u - W h||^2 over u and h >= 0 has the same
-  h* as the projection of v (mu_h rescaled) and u = alpha v + (1 - alpha) W h*, with
-  alpha = 1 / (1 + 2 sigma^2 lam): the projection pulled back towards the data.
-  """
-  return alpha * obs["v"] + (1 - alpha) * u
-
-
-def keep_explained(obs, u, threshold):
-  """Impulsive noise: keep the observed pixels the L1 fit explains to within threshold.
-
-  The L1 fit leaves a sparse residual v - W h* on the corrupted pixels; the others are
-  exact observations, so they are kept and only the outliers take the cone's value.
-  """
-  return np.where(np.abs(obs["v"] - u) < threshold, obs["v"], u)
+def refinement(make):
+  """The library's refinement ``make(p)`` (``conejax.Blend``, ``Keep`` or ``Fill``) as a
+  function of (observations, estimates, p): one solve per mu_h serves its whole grid."""
+  def refine(obs, u, p):
+    A, per_sample = None, False
+    if "mask" in obs:  # the pixels each digit shows
+      A, per_sample = jax.vmap(operators.mask)(jnp.asarray(obs["mask"], jnp.float32)), True
+    return np.asarray(conejax.refine(make(p), jnp.asarray(obs["v"], jnp.float32), u, A,
+                                     per_sample_operator=per_sample))
+  return refine
 
 
-def fill_residual(obs, u, width):
-  """Missing pixels: keep the observed ones and correct the cone's fill by its residual.
-
-  The misfit r = v - W h* is known on the observed pixels and varies slowly in space, so it
-  is interpolated into the holes by normalised convolution with a Gaussian of this width
-  (pixels; 0 keeps the observed pixels and nothing more) and added to W h* there.
-  """
-  mask = obs["mask"].reshape((-1,) + SHAPE)
-  residual = ((obs["v"] - u) * obs["mask"]).reshape((-1,) + SHAPE)
-  smooth = lambda x: ndimage.gaussian_filter(x, (0, width, width))
-  correction = (smooth(residual) / np.maximum(smooth(mask), 1e-3)).reshape(-1, M)
-  return np.where(obs["mask"] > 0, obs["v"], np.maximum(u + correction, 0))
-
-
+# Gaussian noise: the MAP blend u = alpha v + (1 - alpha) W h*; impulsive noise: the observed
+# pixels the L1 fit explains; missing pixels: the observed ones kept and the cone's fill
+# corrected by its residual, interpolated by a Gaussian of this width (see conejax.refine).
 REFINEMENTS = {None: (None, (None,)),
-               "fill": (fill_residual, (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)),
-               "blend": (map_blend, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)),
-               "keep": (keep_explained, (0.0, 0.1, 0.2, 0.3, 0.5, 0.7))}
+               "fill": (refinement(lambda width: conejax.Fill(width, SHAPE)),
+                        (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)),
+               "blend": (refinement(conejax.Blend), (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)),
+               "keep": (refinement(conejax.Keep), (0.0, 0.1, 0.2, 0.3, 0.5, 0.7))}
 
 
 # ----------------------------------------------------------------------------- the table

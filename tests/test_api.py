@@ -15,7 +15,7 @@ POSITIONAL = {"nnls": 3, "nnls_gram": 3, "nmf": 2,
               "distance_sharded": 3, "predict_sharded": 3, "reconstruct_sharded": 4,
               "nmf_partial_fit": 2, "nmf_minibatch_init": 3, "nmf_minibatch": 2,
               "random_shift": 3, "extract_patches": 2, "reassemble_patches": 3,
-              "fit_patch_cones": 2, "restore": 3}
+              "fit_patch_cones": 2, "restore": 3, "refine": 4}
 PUBLIC_FUNCTIONS = sorted(POSITIONAL)
 
 

@@ -334,3 +334,49 @@ def test_wrong_signal_shape_raises_at_trace_time(transform):
     transform(lambda A, u: A.mv(u))(A, np.ones(SHAPE))
   with pytest.raises(ValueError, match=r"shape \(48,\)"):
     transform(lambda A, u: A.T.mv(u))(A, np.ones(M + 1))
+
+
+SOLVE_TOL = {np.float32: 2e-4, np.float64: 1e-7}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_regularised_least_squares_closed_forms_cg_and_dense_solves_agree(dtype):
+  """argmin ||A u - v||^2 + alpha ||u - z||^2: per pixel for a mask and the identity, by CG
+  for a blur (64 steps) and average pooling (exact in two), each against numpy's solve."""
+  from conejax.operators._solve import conjugate_gradient
+  rng = np.random.default_rng(2)
+  m, alpha, tol = 64, 0.3, SOLVE_TOL[dtype]
+  v, z = rng.standard_normal(m).astype(dtype), rng.standard_normal(m).astype(dtype)
+  weights = rng.random(m).astype(dtype)
+  mask = ops.mask(weights)
+  closed = ops.regularised_least_squares(mask, jnp.asarray(v), jnp.asarray(z), alpha)
+  ref = (weights * v + alpha * z) / (weights**2 + alpha)
+  assert closed.dtype == dtype
+  np.testing.assert_allclose(closed, ref, rtol=tol)
+  cg = conjugate_gradient(mask, jnp.asarray(weights * v + alpha * z), jnp.asarray(z), alpha, 64)
+  np.testing.assert_allclose(cg, ref, rtol=50 * tol, atol=50 * tol)
+  got = ops.regularised_least_squares(ops.identity(m), jnp.asarray(v), jnp.asarray(z), alpha)
+  np.testing.assert_allclose(got, (v + alpha * z) / (1 + alpha), rtol=tol)
+  # A 0/1 mask without pull: the observed pixels are v, the others z.
+  binary = (weights > 0.5).astype(dtype)
+  got = ops.regularised_least_squares(ops.mask(binary), jnp.asarray(v), jnp.asarray(z), 0.0)
+  np.testing.assert_array_equal(got, np.where(binary > 0, v, z))
+  blur = ops.blur(np.outer([1, 2, 1], [1, 2, 1]) / 16.0, (8, 8))
+  B = np.asarray(ops.materialise(blur, dtype=jnp.float64))
+  dense = np.linalg.solve(B.T @ B + alpha * np.eye(m), B.T @ v + alpha * z)
+  got = ops.regularised_least_squares(blur, jnp.asarray(v), jnp.asarray(z), alpha, cg_iter=64)
+  assert got.dtype == dtype
+  np.testing.assert_allclose(got, dense, rtol=50 * tol, atol=50 * tol)
+  down = ops.downsample(2, (8, 8))  # two eigenvalues: exact in two CG steps
+  D = np.asarray(ops.materialise(down, dtype=jnp.float64))
+  w = rng.standard_normal(16).astype(dtype)
+  dense = np.linalg.solve(D.T @ D + alpha * np.eye(m), D.T @ w + alpha * z)
+  got = ops.regularised_least_squares(down, jnp.asarray(w), jnp.asarray(z), alpha, cg_iter=2)
+  np.testing.assert_allclose(got, dense, rtol=50 * tol, atol=50 * tol)
+
+
+def test_per_pixel_gain_is_the_diagonal_or_none():
+  np.testing.assert_array_equal(ops.per_pixel_gain(ops.mask(MASK), jnp.float64), MASK)
+  np.testing.assert_array_equal(ops.per_pixel_gain(ops.identity(M)), np.ones(M))
+  assert ops.per_pixel_gain(ops.downsample(2, SHAPE)) is None
+  assert ops.per_pixel_gain(ops.matrix(np.eye(M))) is None  # a matrix is not inspected

@@ -12,7 +12,6 @@ from sklearn.linear_model import Lasso
 import conejax
 from conejax import operators
 from conejax._patch_cones import project_patches
-from conejax._restore import conjugate_gradient, data_step
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 2e-4, np.float64: 1e-7}
@@ -191,33 +190,6 @@ def test_noiseless_data_step_projects_the_prior_step_onto_the_data(cones, dtype)
   np.testing.assert_allclose(dense @ u, v, atol=20 * TOL[dtype])
   start = conejax.restore(cones, v, A, output="data", **{**options, "n_iter": 1})
   assert np.max(np.abs(u - np.asarray(start).reshape(-1))) > 1e-3  # the prior steps matter
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_data_step_closed_form_cg_and_dense_solve_agree(dtype):
-  rng = np.random.default_rng(2)
-  m, alpha = 64, 0.3
-  v, z = rng.standard_normal(m).astype(dtype), rng.standard_normal(m).astype(dtype)
-  weights = rng.random(m).astype(dtype)
-  mask = operators.mask(weights)
-  closed = data_step(mask, jnp.asarray(v), jnp.asarray(z), alpha, cg_iter=1)
-  ref = (weights * v + alpha * z) / (weights**2 + alpha)
-  np.testing.assert_allclose(closed, ref, rtol=TOL[dtype])
-  cg = conjugate_gradient(mask, jnp.asarray(weights * v + alpha * z), jnp.asarray(z),
-                          alpha, 64)
-  np.testing.assert_allclose(cg, ref, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
-  blur = operators.blur(np.outer([1, 2, 1], [1, 2, 1]) / 16.0, (8, 8))
-  B = np.asarray(operators.materialise(blur, dtype=jnp.float64))
-  dense = np.linalg.solve(B.T @ B + alpha * np.eye(m), B.T @ v + alpha * z)
-  got = data_step(blur, jnp.asarray(v), jnp.asarray(z), alpha, cg_iter=64)
-  assert got.dtype == dtype
-  np.testing.assert_allclose(got, dense, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
-  down = operators.downsample(2, (8, 8))  # two eigenvalues: exact in two CG steps
-  D = np.asarray(operators.materialise(down, dtype=jnp.float64))
-  w = rng.standard_normal(16).astype(dtype)
-  dense = np.linalg.solve(D.T @ D + alpha * np.eye(m), D.T @ w + alpha * z)
-  got = data_step(down, jnp.asarray(w), jnp.asarray(z), alpha, cg_iter=2)
-  np.testing.assert_allclose(got, dense, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -27,3 +27,5 @@ from conejax.operators._image import resize as resize
 from conejax.operators._sensing import gaussian_sensing as gaussian_sensing
 from conejax.operators._sensing import subsample as subsample
 from conejax.operators._patches import patches as patches
+from conejax.operators._solve import per_pixel_gain as per_pixel_gain
+from conejax.operators._solve import regularised_least_squares as regularised_least_squares
