@@ -18,7 +18,9 @@ covering a pixel (weighted by 1 / (1 + nnz), the number of non-zero codes, with
 ``weights="sparsity"``: sparser patch estimates are less noisy, as in BM3D's aggregation).
 
 Each prior step's codes warm-start the next one's exact active-set solves (the patches of
-u_k are close to those of u_{k-1}): the same codes, found with fewer pivots.
+u_k are close to those of u_{k-1}): the same codes, found with fewer pivots. With
+``solver="auto"`` the active set starts from those codes alone, without its usual APG
+warm start (``ActiveSet(warm_start=0)``; the first step starts from zero codes).
 
 The data step is the linear system (A^T A + alpha_k I) u = A^T v + alpha_k z_k,
 ``conejax.operators.regularised_least_squares``. For a mask and the identity it is solved
@@ -72,6 +74,7 @@ overlapping patches disagree about u_{n-1}, not how far the data determine each 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -80,7 +83,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conejax import _checks, _nnls, _refine, _scale
+from conejax import _checks, _nnls, _refine, _scale, solvers
 from conejax import patches as _patches
 from conejax._patch_cones import PatchCones, code_size, posterior_patches, project_patches
 from conejax.operators import (LinearOperator, blur, identity, per_pixel_gain,
@@ -261,7 +264,9 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
       normalised convolution G (A^T v) / G (A^T A 1) with a Gaussian G of std 2 pixels.
     reweight: reweighted-L1 passes of the patch codes (0: plain L1; see
       ``conejax._patch_cones.project_patches``).
-    solver: NNLS solver of the patch codes, as in ``conejax.nnls``.
+    solver: NNLS solver of the patch codes, as in ``conejax.nnls``; "auto" is the exact
+      ``ActiveSet`` started from the previous step's codes alone (``warm_start=0``: no APG
+      steps in between).
     data_range: the range of the image's values (e.g. 1 for images in [0, 1], 255 for
       8-bit values), which sets the default prior levels; None takes, per image, the
       largest |value| of the first estimate u_0 (see ``init``).
@@ -378,8 +383,13 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
   levels = jnp.exp((1 - t) * jnp.log(start)[None] + t * jnp.log(end)[None])  # (n_iter, N)
   alphas = lam * (sigma[None] / levels) ** 2
   d = cones.W.shape[-1] * (2 if cones.signed else 1)
+  auto = isinstance(solver, str) and solver == "auto"
   solver, _ = _nnls.check_options(solver, max_iter=None, tol=None, batch_size=2048,
                                   differentiation="implicit", n_atoms=d)
+  if auto and isinstance(solver, solvers.ActiveSet):
+    # The previous step's codes are the start: the APG warm start would only move away
+    # from them (a 32-step inpainting of a 128 x 128 crop: 29.0 -> 23.5 s, the same image).
+    solver = dataclasses.replace(solver, warm_start=0)
   pc = jax.tree_util.tree_map(lambda x: x.astype(V.dtype), cones)
   if temperature is None:
     temperature = levels[-1] ** 2  # (N,): the last prior level's variance, at unit scale

@@ -277,3 +277,18 @@ def test_restore_improves_psnr_on_a_real_image(camera):
 def test_errors_name_the_argument(cones, call, match):
   with pytest.raises(ValueError, match=match):
     call(cones)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_auto_starts_from_the_previous_codes_with_the_same_answer(mixture, dtype):
+  """solver="auto" is the active set without its APG warm start (the previous step's codes
+  are the start): the same exact codes, so the image of ActiveSet() with its warm start."""
+  images = _smooth_images(7, 1, 16, dtype)
+  rng = np.random.default_rng(4)
+  A = operators.mask((rng.random(256) < 0.5).astype(dtype))
+  v = A.mv(images[0].reshape(-1))
+  options = dict(image_shape=(16, 16), sigma=0.0, n_iter=4, output="data")
+  auto = conejax.restore(mixture, v, A, **options)
+  warm = conejax.restore(mixture, v, A, solver=conejax.solvers.ActiveSet(), **options)
+  np.testing.assert_allclose(auto, warm, atol=20 * TOL[dtype])
+  assert auto.dtype == dtype
