@@ -233,14 +233,21 @@ def conejax_grid(task: str) -> list[dict]:
   if task.startswith("sr"):
     return [dict(n_iter=32, stride=2, tau=0.25, sigma_start=0.1, output="data",
                  cg_iter=cg_iter, free_degree=f) for f in (0, 1)]
-  return [dict(n_iter=32, stride=2, tau=t, sigma_start=0.1, output="data", cg_iter=cg_iter,
-               free_degree=1) for t in (0.15, 0.25)]
+  # Inpainting: the data step after the last prior step (observed pixels kept exactly), or
+  # the prior step refined by conejax.Fill (observed pixels kept, the prior's misfit on them
+  # interpolated into the holes; width in pixels): +0.16 dB on a camera crop in a probe.
+  return [dict(n_iter=32, stride=2, tau=t, sigma_start=0.1, cg_iter=cg_iter, free_degree=1,
+               **finish) for t in (0.15, 0.25)
+          for finish in (dict(output="data"), dict(output="prior", fill=0.5),
+                         dict(output="prior", fill=1.0))]
 
 
 def conejax_restore(cones, obs, shape, settings):
   settings = {k: v for k, v in settings.items() if v is not None}
   # The same trained atoms for every task; only the coding's free term is chosen per task.
   cones = dataclasses.replace(cones, free_degree=settings.pop("free_degree", 0))
+  if "fill" in settings:  # the width of conejax.Fill, the refinement of missing pixels
+    settings["refine"] = conejax.Fill(settings.pop("fill"), tuple(shape))
   out = conejax.restore(cones, np.asarray(obs["v"], np.float32), obs["A"], image_shape=shape,
                         sigma=obs["sigma"], data_range=1.0, **settings)  # images in [0, 1]
   return np.asarray(out.block_until_ready(), np.float64)
