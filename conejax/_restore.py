@@ -280,8 +280,9 @@ def restore(cones: PatchCones, v, A: LinearOperator | None = None, *, image_shap
     refine: None, or a refinement of the restored image by v (``conejax.Blend``,
       ``conejax.Keep`` or ``conejax.Fill`` with ``image_shape``; see ``conejax.refine``),
       applied last, in v's units; not with ``uncertainty=True``. The data step already
-      blends with the data (``output="data"``); ``Fill`` suits noiseless masks whose prior
-      steps leave a smooth misfit on the observed pixels.
+      blends with the data (``output="data"``); ``Fill`` suits noiseless masks with
+      ``output="prior"`` (after the data step of noiseless data the observed pixels already
+      equal v and Fill has no misfit to spread).
 
   Returns:
     (H, W) image, or (N, H, W) for a batch; the dtype of v. With ``uncertainty=True`` a
