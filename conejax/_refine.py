@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from conejax import _checks
-from conejax.operators import LinearOperator, identity, per_pixel_gain, regularised_least_squares
+from conejax.operators import (LinearOperator, blur, identity, per_pixel_gain,
+                               regularised_least_squares)
 
 _TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default radius, in standard deviations
 _FLOOR = 1e-3    # the smallest observed weight Fill divides by
@@ -76,6 +77,7 @@ class Blend:
   """
   alpha: float
   cg_iter: int = 50
+  traced = "alpha"  # the field passed to the compiled kernel as an array
 
   def __post_init__(self):
     _check_fraction(self.alpha, "Blend.alpha")
@@ -91,6 +93,7 @@ class Keep:
       are kept, the others take the cone's value (0 keeps none).
   """
   threshold: float
+  traced = "threshold"
 
   def __post_init__(self):
     _check_nonnegative_number(self.threshold, "Keep.threshold",
@@ -110,6 +113,7 @@ class Fill:
   width: float
   image_shape: tuple[int, int]
   nonnegative: bool = True
+  traced = None  # the width fixes the kernel's size: static
 
   def __post_init__(self):
     _check_nonnegative_number(self.width, "Fill.width", "It is a std in pixels.")
@@ -140,25 +144,13 @@ def check_refinement(refinement, A: LinearOperator, m: int) -> None:
                      f"{math.prod(refinement.image_shape)} pixels, but the signals have {m}.")
 
 
-def _gaussian_kernel(width: float) -> np.ndarray:
-  """scipy.ndimage's 1-D Gaussian kernel of std ``width`` (radius int(4 width + 0.5))."""
+def _gaussian_blur(width: float, image_shape) -> LinearOperator:
+  """scipy.ndimage.gaussian_filter's Gaussian of std ``width`` (radius int(4 width + 0.5),
+  reflected borders) as a conejax blur operator on flat (H W,) images."""
   radius = int(_TRUNCATE * width + 0.5)
   k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / width) ** 2)
-  return k / k.sum()
-
-
-def _smooth(image, width: float):
-  """Gaussian filter of an (H, W) image with reflected borders (scipy's mode="reflect")."""
-  kernel = _gaussian_kernel(width)
-  radius = (len(kernel) - 1) // 2
-  for axis in (0, 1):
-    n = image.shape[axis]
-    pad = [(0, 0), (0, 0)]
-    pad[axis] = (radius, radius)
-    padded = jnp.pad(image, pad, mode="symmetric")
-    image = sum(jnp.asarray(kernel[j], image.dtype)
-                * jax.lax.slice_in_dim(padded, j, j + n, axis=axis) for j in range(len(kernel)))
-  return image
+  k /= k.sum()
+  return blur(np.outer(k, k), image_shape, boundary="reflect")
 
 
 def _refine_one(refinement, A, v, u, parameter):
@@ -176,11 +168,9 @@ def _refine_one(refinement, A, v, u, parameter):
     return jnp.where(explained, exact, u)
   fill = u
   if refinement.width > 0:
-    shape = refinement.image_shape
-    residual = jnp.where(observed, exact - u, 0).reshape(shape)
-    weight = observed.astype(u.dtype).reshape(shape)
-    smooth = functools.partial(_smooth, width=refinement.width)
-    fill = u + (smooth(residual) / jnp.maximum(smooth(weight), _FLOOR)).reshape(-1)
+    G = _gaussian_blur(refinement.width, refinement.image_shape)
+    residual = jnp.where(observed, exact - u, 0)
+    fill = u + G.mv(residual) / jnp.maximum(G.mv(observed.astype(u.dtype)), _FLOOR)
   fill = jnp.maximum(fill, 0) if refinement.nonnegative else fill
   return jnp.where(observed, exact, fill)
 
@@ -196,12 +186,11 @@ def _refine(refinement, V, U, A, parameter, *, per_sample, stacked):
 def apply_refinement(refinement, V, U, A, *, per_sample: bool):
   """``refine`` on validated arrays: V (N, k), U (N, m) or (N, K, m), A one operator or
   (``per_sample``) a batch of N; no checks of shapes."""
-  parameter = {Blend: lambda r: r.alpha, Keep: lambda r: r.threshold,
-               Fill: lambda r: 0.0}[type(refinement)](refinement)
-  # The traced parameter: a grid of alphas or thresholds compiles once.
-  static = (dataclasses.replace(refinement, alpha=0.0) if isinstance(refinement, Blend)
-            else dataclasses.replace(refinement, threshold=0.0)
-            if isinstance(refinement, Keep) else refinement)
+  # The parameter is traced (a grid of alphas or thresholds compiles once); the rest of the
+  # refinement, with the parameter zeroed, is the static part.
+  name = refinement.traced
+  parameter = 0.0 if name is None else getattr(refinement, name)
+  static = refinement if name is None else dataclasses.replace(refinement, **{name: 0.0})
   return _refine(static, V, U, A, jnp.asarray(parameter, U.dtype), per_sample=per_sample,
                  stacked=U.ndim == 3)
 
