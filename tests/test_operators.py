@@ -380,3 +380,14 @@ def test_per_pixel_gain_is_the_diagonal_or_none():
   np.testing.assert_array_equal(ops.per_pixel_gain(ops.identity(M)), np.ones(M))
   assert ops.per_pixel_gain(ops.downsample(2, SHAPE)) is None
   assert ops.per_pixel_gain(ops.matrix(np.eye(M))) is None  # a matrix is not inspected
+
+
+def test_regularised_least_squares_names_its_wrong_arguments():
+  A = ops.downsample(2, SHAPE)
+  v, z = jnp.zeros(A.out_size), jnp.zeros(M)
+  with pytest.raises(ValueError, match=r"v must have shape \(12,\)"):
+    ops.regularised_least_squares(A, z, z, 0.1)
+  with pytest.raises(ValueError, match="alpha must be a scalar"):
+    ops.regularised_least_squares(A, v, z, jnp.ones(2))
+  with pytest.raises(ValueError, match="A must be a conejax.operators operator"):
+    ops.regularised_least_squares(np.eye(M), z, z, 0.1)

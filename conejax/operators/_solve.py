@@ -60,8 +60,22 @@ def regularised_least_squares(A: LinearOperator, v, z, alpha, *, cg_iter: int = 
 
   Returns:
     (m,) the solution: exact for a mask and the identity (per pixel, a_i v_i + alpha z_i over
-    a_i^2 + alpha; z_i where both vanish), ``cg_iter`` CG steps otherwise.
+    a_i^2 + alpha; z_i where both vanish); otherwise the iterate after exactly ``cg_iter``
+    CG steps, an inexact step by design (plug-and-play splitting takes a few), with no
+    convergence test: raise ``cg_iter`` for the solve itself.
+
+  Raises:
+    ValueError: if A is not an operator, v or z do not match its sizes, or alpha is not a
+      scalar.
   """
+  if not isinstance(A, LinearOperator):
+    raise ValueError(f"A must be a conejax.operators operator; got {type(A).__name__}.")
+  if jnp.shape(v) != (A.out_size,) or jnp.shape(z) != (A.in_size,):
+    raise ValueError(f"v must have shape ({A.out_size},) (A's output) and z ({A.in_size},) "
+                     f"(A's input), one flat signal (jax.vmap for a batch); got "
+                     f"{jnp.shape(v)} and {jnp.shape(z)}.")
+  if jnp.ndim(alpha) != 0:
+    raise ValueError(f"alpha must be a scalar >= 0; got shape {jnp.shape(alpha)}.")
   a = per_pixel_gain(A, v.dtype)
   if a is not None:
     denominator = a * a + alpha
